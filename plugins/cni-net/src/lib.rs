@@ -1,0 +1,1 @@
+//! Kernel plumbing shared by the plugins.
