@@ -1,1 +1,7 @@
-//! Kernel plumbing shared by the plugins.
+//! Kernel plumbing shared by the plugins: network namespaces, a small synchronous
+//! netlink socket, sysctls and the NAT backends.
+
+pub mod nat;
+pub mod netlink;
+pub mod netns;
+pub mod sysctl;

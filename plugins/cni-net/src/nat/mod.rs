@@ -1,0 +1,1 @@
+//! NAT backends (iptables-restore, nftables).

@@ -1,0 +1,1 @@
+//! /proc/sys/net access.
