@@ -8,9 +8,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Name prefix of every namespace and temp dir the test harness creates
 # (tests/support: cnit-<pid>-<tag>-<random>).
 TEST_PREFIX=cnit-
-_T0=$SECONDS
+# Seconds since the start of the whole run, across `exec` from .ci/run into test.sh.
+export CNIT_T0=${CNIT_T0:-$(date +%s)}
 
-section() { printf '\n==> %s  [%ss]\n' "$*" "$((SECONDS - _T0))"; }
+section() { printf '\n==> %s  [%ss]\n' "$*" "$(($(date +%s) - CNIT_T0))"; }
 info() { printf '    %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

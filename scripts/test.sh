@@ -88,7 +88,9 @@ cargo_args=(--workspace)
 [ "${TEST_RELEASE:-0}" = 1 ] && cargo_args+=(--release)
 test_args=("$@")
 [ -n "${TEST_THREADS:-}" ] && test_args=(--test-threads="$TEST_THREADS" "${test_args[@]}")
-cargo test "${cargo_args[@]}" -- "${test_args[@]}"
+log=$(mktemp /tmp/cnit-test-log.XXXXXX)
+trap 'rm -f "$log"' EXIT
+cargo test "${cargo_args[@]}" -- "${test_args[@]}" 2>&1 | tee "$log"
 
 section "Leftovers"
 # Every test process has exited now, so anything of theirs still here was leaked.
@@ -101,3 +103,9 @@ else
 fi
 
 section "All tests passed"
+# One closing line for the whole run: cargo prints one summary per test binary, and
+# the last of those (often an empty doc-test run) says nothing about the suite.
+awk '/^test result:/ { for (i = 1; i < NF; i++) {
+        if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i
+        if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
