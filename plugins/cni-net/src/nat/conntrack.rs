@@ -1,0 +1,1 @@
+//! Conntrack cleanup over NETLINK_NETFILTER (no `conntrack` binary).

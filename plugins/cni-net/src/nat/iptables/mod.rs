@@ -1,0 +1,72 @@
+//! The iptables backend: read the nat table once with `iptables-save`, decide, and
+//! commit once with `iptables-restore -w --noflush`.
+
+pub(crate) mod masq;
+pub(crate) mod portmap;
+pub(crate) mod restore;
+pub(crate) mod save;
+
+use super::IpFamily;
+use super::error::NatError;
+use super::tools::{self, Tool};
+use restore::Script;
+use save::SavedTable;
+
+/// A restore can lose a race with a process that does not take our lock (the Go
+/// plugins, kube-proxy): the rule we meant to delete is gone, or the chain we saw
+/// missing now exists. Re-reading and re-deciding converges in one more round.
+const ATTEMPTS: usize = 3;
+
+fn save_tool(family: IpFamily) -> Tool {
+    match family {
+        IpFamily::V4 => Tool::IptablesSave,
+        IpFamily::V6 => Tool::Ip6tablesSave,
+    }
+}
+
+fn restore_tool(family: IpFamily) -> Tool {
+    match family {
+        IpFamily::V4 => Tool::IptablesRestore,
+        IpFamily::V6 => Tool::Ip6tablesRestore,
+    }
+}
+
+/// Both save and restore for this family are installed.
+pub(crate) fn available(family: IpFamily) -> bool {
+    save_tool(family).available() && restore_tool(family).available()
+}
+
+pub(crate) fn save_nat(family: IpFamily) -> Result<SavedTable, NatError> {
+    let text = tools::run(save_tool(family), &["-t", "nat"], None)?;
+    SavedTable::parse(&text, "nat")
+}
+
+pub(crate) fn restore(family: IpFamily, script: &Script) -> Result<(), NatError> {
+    tools::run(
+        restore_tool(family),
+        &["-w", "--noflush"],
+        Some(&script.render()),
+    )
+    .map(drop)
+}
+
+/// One read-modify-commit: `decide` sees the current nat table and returns the script
+/// to commit, or `None` when the table is already as wanted. The caller holds the lock.
+pub(crate) fn transact<F>(family: IpFamily, mut decide: F) -> Result<(), NatError>
+where
+    F: FnMut(&SavedTable) -> Option<Script>,
+{
+    let mut last_err = None;
+    for _ in 0..ATTEMPTS {
+        let saved = save_nat(family)?;
+        let Some(script) = decide(&saved) else {
+            return Ok(());
+        };
+        match restore(family, &script) {
+            Ok(()) => return Ok(()),
+            Err(err @ NatError::ToolFailed { .. }) => last_err = Some(err),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last_err.unwrap_or(NatError::ToolMissing("iptables-restore")))
+}

@@ -1,0 +1,108 @@
+//! ipMasq (bridge's `ipMasq`): masquerade traffic from a container's addresses leaving
+//! their subnet.
+
+use std::collections::HashSet;
+
+use ipnetwork::IpNetwork;
+
+use super::error::NatError;
+use super::{Backend, IpFamily, iptables, nftables, tools};
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Attachment<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+}
+
+/// Installs masquerading for `ips` of the container. Idempotent: the container's rules
+/// are replaced, and nothing is committed when they are already right.
+///
+/// The iptables layout ignores `ifname` (as the reference does); nftables comments carry
+/// it.
+pub fn setup_masq(
+    backend: Backend,
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+    ips: &[IpNetwork],
+) -> Result<(), NatError> {
+    if ips.is_empty() {
+        return Ok(());
+    }
+    let _lock = tools::lock()?;
+    match backend {
+        Backend::Iptables => {
+            for family in [IpFamily::V4, IpFamily::V6] {
+                let nets: Vec<IpNetwork> = ips
+                    .iter()
+                    .filter(|n| IpFamily::of(n.ip()) == family)
+                    .copied()
+                    .collect();
+                if nets.is_empty() {
+                    continue;
+                }
+                iptables::transact(family, |saved| {
+                    iptables::masq::render_setup(saved, network, container_id, &nets)
+                })?;
+            }
+            Ok(())
+        }
+        Backend::Nftables => {
+            if !Backend::Nftables.available() {
+                return Err(NatError::ToolMissing("nft"));
+            }
+            nftables::masq::setup(network, ifname, container_id, ips)
+        }
+    }
+}
+
+/// Removes the container's masquerading from **both** backends (it may have been set up
+/// by another version or configuration), without needing its addresses: safe on DEL
+/// with the netns gone and no prevResult. Absent chains/tables are fine; a backend whose
+/// tools are not installed is skipped. Errors are collected, not short-circuited.
+pub fn teardown_masq(network: &str, ifname: &str, container_id: &str) -> Result<(), NatError> {
+    let _lock = tools::lock()?;
+    let mut errors = Vec::new();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        if !family.enabled() || !iptables::available(family) {
+            continue;
+        }
+        if let Err(e) = iptables::transact(family, |saved| {
+            iptables::masq::render_teardown(saved, network, container_id)
+        }) {
+            errors.push(e);
+        }
+    }
+    if Backend::Nftables.available()
+        && let Err(e) = nftables::masq::teardown(network, ifname, container_id)
+    {
+        errors.push(e);
+    }
+    NatError::collect(errors)
+}
+
+/// GC: removes this network's masquerading for every attachment not in `valid`, in both
+/// backends. iptables chains are per container (any ifname keeps them); nftables rules
+/// are per attachment, as in the reference.
+pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
+    let _lock = tools::lock()?;
+    let mut errors = Vec::new();
+    let valid_ids: HashSet<&str> = valid.iter().map(|a| a.container_id).collect();
+    for family in [IpFamily::V4, IpFamily::V6] {
+        if !family.enabled() || !iptables::available(family) {
+            continue;
+        }
+        if let Err(e) = iptables::transact(family, |saved| {
+            iptables::masq::render_gc(saved, network, &valid_ids)
+        }) {
+            errors.push(e);
+        }
+    }
+    if Backend::Nftables.available()
+        && let Err(e) = nftables::masq::gc(network, valid)
+    {
+        errors.push(e);
+    }
+    NatError::collect(errors)
+}

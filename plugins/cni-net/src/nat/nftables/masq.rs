@@ -1,0 +1,224 @@
+//! ipMasq with nftables: table `inet cni_plugins_masquerade`, one rule per container
+//! address in `masq_checks`, each commented with a hash of (network, ifname, container)
+//! so DEL and GC find their rules without the addresses.
+
+use std::collections::HashSet;
+
+use ipnetwork::IpNetwork;
+
+use super::{NftRule, apply, list_chain, quote};
+use crate::nat::error::NatError;
+use crate::nat::masq::Attachment;
+use crate::nat::names::{
+    self, NFT_MASQ_CHAIN, NFT_MASQ_CHAIN_COMMENT, NFT_MASQ_POSTROUTING_CHAIN, NFT_MASQ_TABLE,
+    NFT_MASQ_TABLE_COMMENT,
+};
+
+fn prefix() -> String {
+    format!("inet {NFT_MASQ_TABLE}")
+}
+
+/// The transaction for one attachment: ensure the table and chains, rebuild the
+/// (shared, constant) postrouting chain, drop the attachment's stale rules, add its new
+/// ones.
+pub(crate) fn render_setup(
+    stale: &[&NftRule],
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+    nets: &[IpNetwork],
+) -> String {
+    let t = prefix();
+    let comment = quote(&names::nft_masq_comment(network, ifname, container_id));
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "add table {t} {{ comment {} ; }}",
+        quote(NFT_MASQ_TABLE_COMMENT)
+    ));
+    line(format!(
+        "add chain {t} {NFT_MASQ_CHAIN} {{ comment {} ; }}",
+        quote(NFT_MASQ_CHAIN_COMMENT)
+    ));
+    line(format!(
+        "add chain {t} {NFT_MASQ_POSTROUTING_CHAIN} {{ type nat hook postrouting priority 100 ; }}"
+    ));
+    line(format!("flush chain {t} {NFT_MASQ_POSTROUTING_CHAIN}"));
+    line(format!(
+        "add rule {t} {NFT_MASQ_POSTROUTING_CHAIN} ip daddr == 224.0.0.0/4  return"
+    ));
+    line(format!(
+        "add rule {t} {NFT_MASQ_POSTROUTING_CHAIN} ip6 daddr == ff00::/8  return"
+    ));
+    line(format!(
+        "add rule {t} {NFT_MASQ_POSTROUTING_CHAIN} goto {NFT_MASQ_CHAIN}"
+    ));
+    for rule in stale {
+        line(rule.delete_command());
+    }
+    for net in nets {
+        let ip = match net {
+            IpNetwork::V4(_) => "ip",
+            IpNetwork::V6(_) => "ip6",
+        };
+        line(format!(
+            "add rule {t} {NFT_MASQ_CHAIN} {ip} saddr == {} {ip} daddr != {}/{} masquerade comment {comment}",
+            net.ip(),
+            net.network(),
+            net.prefix()
+        ));
+    }
+    out
+}
+
+/// Rules whose comment starts with `prefix`, the reference's selection.
+fn with_comment_prefix<'a>(rules: &'a [NftRule], prefix: &str) -> Vec<&'a NftRule> {
+    rules
+        .iter()
+        .filter(|r| r.chain == NFT_MASQ_CHAIN)
+        .filter(|r| r.comment.as_deref().is_some_and(|c| c.starts_with(prefix)))
+        .collect()
+}
+
+pub(crate) fn instance_rules<'a>(
+    rules: &'a [NftRule],
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+) -> Vec<&'a NftRule> {
+    with_comment_prefix(
+        rules,
+        &names::nft_masq_instance_hash(network, ifname, container_id),
+    )
+}
+
+/// This network's rules whose comment is not that of a valid attachment.
+pub(crate) fn gc_rules<'a>(
+    rules: &'a [NftRule],
+    network: &str,
+    valid: &[Attachment<'_>],
+) -> Vec<&'a NftRule> {
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|a| names::nft_masq_comment(network, a.ifname, a.container_id))
+        .collect();
+    with_comment_prefix(rules, &names::nft_masq_network_hash(network))
+        .into_iter()
+        .filter(|r| !r.comment.as_ref().is_some_and(|c| keep.contains(c)))
+        .collect()
+}
+
+pub(crate) fn render_delete(rules: &[&NftRule]) -> Option<String> {
+    if rules.is_empty() {
+        return None;
+    }
+    Some(rules.iter().map(|r| r.delete_command() + "\n").collect())
+}
+
+fn current() -> Result<Vec<NftRule>, NatError> {
+    list_chain("inet", NFT_MASQ_TABLE, NFT_MASQ_CHAIN)
+}
+
+pub(crate) fn setup(
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+    nets: &[IpNetwork],
+) -> Result<(), NatError> {
+    let rules = current()?;
+    let stale = instance_rules(&rules, network, ifname, container_id);
+    apply(&render_setup(&stale, network, ifname, container_id, nets))
+}
+
+pub(crate) fn teardown(network: &str, ifname: &str, container_id: &str) -> Result<(), NatError> {
+    let rules = current()?;
+    match render_delete(&instance_rules(&rules, network, ifname, container_id)) {
+        Some(script) => apply(&script),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn gc(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
+    let rules = current()?;
+    match render_delete(&gc_rules(&rules, network, valid)) {
+        Some(script) => apply(&script),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(handle: u64, comment: &str) -> NftRule {
+        NftRule {
+            family: "inet".into(),
+            table: NFT_MASQ_TABLE.into(),
+            chain: NFT_MASQ_CHAIN.into(),
+            handle,
+            comment: Some(comment.into()),
+        }
+    }
+
+    #[test]
+    fn setup_renders_reference_transaction() {
+        let nets: Vec<IpNetwork> = ["192.168.1.2/24", "2001:db8::2/64"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let stale = rule(
+            9,
+            "6fd94d501e58f0aa-d750b2c8f0f25d5f, net: unit-test, if: eth0, id: two",
+        );
+        assert_eq!(
+            render_setup(&[&stale], "unit-test", "eth0", "two", &nets),
+            r#"add table inet cni_plugins_masquerade { comment "Masquerading for plugins from github.com/containernetworking/plugins" ; }
+add chain inet cni_plugins_masquerade masq_checks { comment "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet" ; }
+add chain inet cni_plugins_masquerade postrouting { type nat hook postrouting priority 100 ; }
+flush chain inet cni_plugins_masquerade postrouting
+add rule inet cni_plugins_masquerade postrouting ip daddr == 224.0.0.0/4  return
+add rule inet cni_plugins_masquerade postrouting ip6 daddr == ff00::/8  return
+add rule inet cni_plugins_masquerade postrouting goto masq_checks
+delete rule inet cni_plugins_masquerade masq_checks handle 9
+add rule inet cni_plugins_masquerade masq_checks ip saddr == 192.168.1.2 ip daddr != 192.168.1.0/24 masquerade comment "6fd94d501e58f0aa-d750b2c8f0f25d5f, net: unit-test, if: eth0, id: two"
+add rule inet cni_plugins_masquerade masq_checks ip6 saddr == 2001:db8::2 ip6 daddr != 2001:db8::/64 masquerade comment "6fd94d501e58f0aa-d750b2c8f0f25d5f, net: unit-test, if: eth0, id: two"
+"#
+        );
+    }
+
+    #[test]
+    fn teardown_selects_only_the_instance_even_with_a_reused_address() {
+        let rules = vec![
+            rule(1, &names::nft_masq_comment("unit-test", "eth0", "one")),
+            rule(2, &names::nft_masq_comment("unit-test", "eth0", "four")),
+            rule(3, &names::nft_masq_comment("unit-test", "eth0", "one")),
+        ];
+        let picked = instance_rules(&rules, "unit-test", "eth0", "one");
+        assert_eq!(
+            render_delete(&picked).unwrap(),
+            "delete rule inet cni_plugins_masquerade masq_checks handle 1\ndelete rule inet cni_plugins_masquerade masq_checks handle 3\n"
+        );
+        assert!(render_delete(&instance_rules(&rules, "unit-test", "eth1", "one")).is_none());
+    }
+
+    #[test]
+    fn gc_keeps_valid_attachments_and_other_networks() {
+        let rules = vec![
+            rule(1, &names::nft_masq_comment("unit-test", "eth0", "one")),
+            rule(2, &names::nft_masq_comment("unit-test", "eth0", "two")),
+            rule(3, &names::nft_masq_comment("alternate", "eth0", "three")),
+        ];
+        let valid = [Attachment {
+            container_id: "one",
+            ifname: "eth0",
+        }];
+        let picked: Vec<u64> = gc_rules(&rules, "unit-test", &valid)
+            .iter()
+            .map(|r| r.handle)
+            .collect();
+        assert_eq!(picked, [2]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Test-only: throwaway network namespaces and running code inside them.

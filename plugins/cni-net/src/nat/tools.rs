@@ -1,0 +1,213 @@
+//! The external firewall tools: finding them, running them, and the lock that makes a
+//! read-modify-commit of the ruleset atomic between our own processes.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use super::error::NatError;
+
+/// Where every cni-rs plugin process serialises its firewall transactions.
+pub const LOCK_PATH: &str = "/run/cni-rs/nat.lock";
+
+/// Used when the runtime gave us no `PATH` (CNI does not require one).
+const FALLBACK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tool {
+    IptablesSave,
+    IptablesRestore,
+    Ip6tablesSave,
+    Ip6tablesRestore,
+    Nft,
+}
+
+impl Tool {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Tool::IptablesSave => "iptables-save",
+            Tool::IptablesRestore => "iptables-restore",
+            Tool::Ip6tablesSave => "ip6tables-save",
+            Tool::Ip6tablesRestore => "ip6tables-restore",
+            Tool::Nft => "nft",
+        }
+    }
+
+    fn slot(self) -> &'static OnceLock<Option<PathBuf>> {
+        static SLOTS: [OnceLock<Option<PathBuf>>; 5] = [
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        ];
+        &SLOTS[self as usize]
+    }
+
+    /// Absolute path of the tool, looked up once per process: availability checks must
+    /// not cost a fork on every plugin call.
+    pub(crate) fn path(self) -> Option<&'static Path> {
+        self.slot()
+            .get_or_init(|| {
+                let path = std::env::var_os("PATH")
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| FALLBACK_PATH.into());
+                find_in_path(self.name(), &path)
+            })
+            .as_deref()
+    }
+
+    pub(crate) fn available(self) -> bool {
+        self.path().is_some()
+    }
+}
+
+fn find_in_path(name: &str, path: &OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Runs `tool args...`, feeding `input` on stdin, and returns its stdout.
+pub(crate) fn run(tool: Tool, args: &[&str], input: Option<&str>) -> Result<String, NatError> {
+    let path = tool.path().ok_or(NatError::ToolMissing(tool.name()))?;
+    let mut cmd = Command::new(path);
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let spawn_err = |source| NatError::Spawn {
+        tool: tool.name().to_string(),
+        source,
+    };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A tool that dies early closes the pipe; its exit status tells the real story.
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    let output = child.wait_with_output().map_err(spawn_err)?;
+    if output.status.success() {
+        return String::from_utf8(output.stdout).map_err(|e| NatError::Parse {
+            tool: tool.name().to_string(),
+            detail: e.to_string(),
+        });
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let mut detail = if stderr.is_empty() {
+        "no error output".to_string()
+    } else {
+        stderr
+    };
+    if let Some(line) = input.and_then(|text| failed_line(&detail, text)) {
+        detail.push_str(&format!(" [input line: {line}]"));
+    }
+    Err(NatError::ToolFailed {
+        tool: tool.name().to_string(),
+        status: output.status.to_string(),
+        detail,
+    })
+}
+
+/// iptables-restore only reports "line N failed"; quote that line so the error is useful.
+fn failed_line<'a>(stderr: &str, input: &'a str) -> Option<&'a str> {
+    let lower = stderr.to_ascii_lowercase();
+    let at = lower.find("line")?;
+    let digits: String = lower[at + 4..]
+        .trim_start_matches([' ', ':'])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let n: usize = digits.parse().ok()?;
+    input.lines().nth(n.checked_sub(1)?)
+}
+
+/// Exclusive flock held for the whole read-modify-commit of one call.
+///
+/// `-w` (the xtables lock) only serialises single commits; two plugins that both read
+/// the ruleset, decide "the shared chain is missing", and commit would still duplicate
+/// it. This lock closes that window between cni-rs processes.
+pub(crate) struct NatLock {
+    _file: File,
+}
+
+pub(crate) fn lock() -> Result<NatLock, NatError> {
+    lock_at(Path::new(LOCK_PATH))
+}
+
+pub(crate) fn lock_at(path: &Path) -> Result<NatLock, NatError> {
+    let err = |source| NatError::Lock {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(err)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(err)?;
+    file.lock().map_err(err)?;
+    Ok(NatLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_line_quotes_the_rejected_input() {
+        let input = "*nat\n:X - [0:0]\n-A X -j BOGUS\nCOMMIT\n";
+        assert_eq!(
+            failed_line("iptables-restore: line 3 failed", input),
+            Some("-A X -j BOGUS")
+        );
+        assert_eq!(
+            failed_line("Error occurred at line: 2", input),
+            Some(":X - [0:0]")
+        );
+        assert_eq!(failed_line("something else", input), None);
+    }
+
+    #[test]
+    fn finds_tools_only_as_executables_in_path() {
+        let dir = std::env::temp_dir().join(format!("cni-nat-path-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("fake-tool");
+        fs::write(&exe, "#!/bin/sh\n").unwrap();
+        let path = std::env::join_paths([Path::new("relative"), &dir]).unwrap();
+        assert_eq!(find_in_path("fake-tool", &path), None);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(find_in_path("fake-tool", &path), Some(exe.clone()));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lock_is_exclusive_between_open_files() {
+        let path = std::env::temp_dir().join(format!("cni-nat-lock-{}", std::process::id()));
+        let first = lock_at(&path).unwrap();
+        let probe = File::open(&path).unwrap();
+        assert!(matches!(
+            probe.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(first);
+        assert!(probe.try_lock().is_ok());
+        let _ = fs::remove_file(&path);
+    }
+}
