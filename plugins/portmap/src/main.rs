@@ -1,1 +1,12 @@
-fn main() {}
+//! `portmap`: a chained CNI plugin forwarding host ports to the pod.
+
+mod config;
+mod container;
+mod error;
+mod localnet;
+mod plugin;
+mod registry;
+
+fn main() {
+    cni_types::skel::run("portmap", &plugin::Portmap)
+}

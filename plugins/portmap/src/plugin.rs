@@ -1,0 +1,183 @@
+//! The verbs: what portmap does for ADD, DEL, CHECK, GC and STATUS.
+
+use std::collections::HashSet;
+
+use cni_net::nat::{self, Backend, IpFamily, PortMapping, Proto};
+use cni_types::{CniResult, Error, Plugin, Request};
+
+use crate::config::Config;
+use crate::container::container_ips;
+use crate::error::PortmapError;
+use crate::localnet;
+use crate::registry::Registry;
+
+pub struct Portmap;
+
+impl Plugin for Portmap {
+    fn add(&self, req: &Request) -> Result<CniResult, Error> {
+        Ok(add(req)?)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), Error> {
+        Ok(del(req)?)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), Error> {
+        Ok(check(req)?)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), Error> {
+        Ok(gc(req)?)
+    }
+
+    /// Nothing of portmap's can run out; the firewall tools are looked for at ADD.
+    fn status(&self, _req: &Request) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+fn parse(req: &Request) -> Result<(Config, Option<CniResult>), PortmapError> {
+    let prev = req
+        .prev_result()
+        .map_err(|e| PortmapError::config(format!("could not parse prevResult: {}", e.msg)))?;
+    let config = Config::parse(
+        &req.stdin,
+        &req.conf.name,
+        &req.container_id,
+        Backend::detect,
+    )?;
+    Ok((config, prev))
+}
+
+fn add(req: &Request) -> Result<CniResult, PortmapError> {
+    let (config, prev) = parse(req)?;
+    let prev = prev.ok_or(PortmapError::NotChained)?;
+    // The common case (a pod without host ports) costs no firewall process at all.
+    if config.rules.mappings.is_empty() {
+        return Ok(prev);
+    }
+    let targets = container_ips(&prev, &req.ifname);
+    if targets.is_empty() {
+        return Ok(prev);
+    }
+
+    nat::forward_ports(config.backend, &config.rules, &targets)
+        .map_err(PortmapError::nat("unable to set up port mappings"))?;
+    record(&config);
+
+    // Only now that the DNAT rules exist: a UDP flow that hit the host port before
+    // (and is pinned to the old destination by its conntrack entry) must start over.
+    for target in &targets {
+        flush_udp(&config.rules.mappings, IpFamily::of(target.ip()));
+    }
+
+    if config.rules.snat
+        && let Some(v4) = targets.iter().find(|t| t.is_ipv4())
+    {
+        localnet::enable_for(v4.ip())?;
+    }
+    Ok(prev)
+}
+
+/// Teardown needs only the network name and the container ID: the rules are found by
+/// the names and comments derived from them. So DEL cleans up even when the runtime
+/// sends no `portMappings` (containerd's `ctr` never does) or no netns, and never fails
+/// on a config that ADD would have refused.
+fn del(req: &Request) -> Result<(), PortmapError> {
+    let config = Config::parse_for_teardown(
+        &req.stdin,
+        &req.conf.name,
+        &req.container_id,
+        Backend::detect,
+    );
+    nat::unforward_ports(config.backend, &req.conf.name, &req.container_id)
+        .map_err(PortmapError::nat("could not tear down port mappings"))?;
+    forget(&req.conf.name, &req.container_id);
+    // The flows DNATed to the departed pod would otherwise keep blackholing the port
+    // for the next pod that maps it (plugins#1190).
+    for family in [IpFamily::V4, IpFamily::V6] {
+        flush_udp(&config.rules.mappings, family);
+    }
+    Ok(())
+}
+
+fn check(req: &Request) -> Result<(), PortmapError> {
+    let (config, prev) = parse(req).map_err(PortmapError::unprefixed)?;
+    let prev = prev.ok_or(PortmapError::NoPrevResult)?;
+    if config.rules.mappings.is_empty() {
+        return Ok(());
+    }
+    let targets = container_ips(&prev, &req.ifname);
+    nat::check_ports(config.backend, &config.rules, &targets)
+        .map_err(PortmapError::nat("port mappings are not in place"))
+}
+
+/// Removes the rules of every container of this network that ADD recorded and that
+/// the runtime no longer lists. Keeps going past failures and reports them together.
+fn gc(req: &Request) -> Result<(), PortmapError> {
+    let config = Config::parse_for_teardown(&req.stdin, &req.conf.name, "", Backend::detect);
+    let network = &req.conf.name;
+    let valid: HashSet<&str> = req
+        .conf
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| a.container_id.as_str())
+        .collect();
+    let registry = match Registry::for_network(network) {
+        Ok(r) => r,
+        Err(e) => return Err(PortmapError::Registry(e)),
+    };
+    let recorded = registry.containers().map_err(PortmapError::Registry)?;
+    let mut failures = Vec::new();
+    for id in recorded.iter().filter(|id| !valid.contains(id.as_str())) {
+        match nat::unforward_ports(config.backend, network, id) {
+            Ok(()) => forget(network, id),
+            Err(e) => failures.push(format!("{id}: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(PortmapError::Gc(failures.join("; ")))
+    }
+}
+
+/// Best effort: a missing record only means GC will not find this container.
+fn record(config: &Config) {
+    let res = Registry::for_network(&config.rules.network)
+        .and_then(|r| r.record(&config.rules.container_id));
+    if let Err(e) = res {
+        eprintln!(
+            "portmap: cannot record {} for GC: {e}",
+            config.rules.container_id
+        );
+    }
+}
+
+fn forget(network: &str, container_id: &str) {
+    if let Err(e) = Registry::for_network(network).and_then(|r| r.forget(container_id)) {
+        eprintln!("portmap: cannot forget {container_id}: {e}");
+    }
+}
+
+/// Deletes the UDP conntrack entries towards the mapped host ports. Failures are
+/// reported on stderr only: the mapping itself is in place.
+fn flush_udp(mappings: &[PortMapping], family: IpFamily) {
+    let ports: Vec<u16> = mappings
+        .iter()
+        .filter(|m| m.protocol == Proto::Udp && m.applies_to(family))
+        .map(|m| m.host_port)
+        .collect();
+    if ports.is_empty() {
+        return;
+    }
+    if let Err(e) = delete_udp_conntrack(family, &ports) {
+        eprintln!("portmap: failed to delete stale UDP conntrack entries: {e}");
+    }
+}
+
+// Placeholder until cni-net's conntrack module lands.
+fn delete_udp_conntrack(_family: IpFamily, _ports: &[u16]) -> Result<(), String> {
+    Ok(())
+}
