@@ -1,6 +1,7 @@
 //! Kernel plumbing shared by the plugins: network namespaces, a small synchronous
 //! netlink socket, sysctls and the NAT backends.
 
+pub mod error;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
