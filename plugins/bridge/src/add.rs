@@ -1,0 +1,286 @@
+//! ADD, in the reference's order: bridge, veth, spoof check, IPAM, container
+//! addressing, gateway, ipMasq, result. A failure after the veth exists
+//! undoes what this call did (IPAM reservation, spoof-check rules, the veth),
+//! so a failed ADD leaves nothing behind; the bridge and its gateway address
+//! are shared and stay.
+
+use cni_net::netlink::{Link, MacAddr, Netlink, OperState};
+use cni_net::netns::NetNs;
+use cni_types::{CniResult, Interface, Request, invoke};
+
+use crate::bridge;
+use crate::config::BridgeConf;
+use crate::container;
+use crate::error::BridgeError;
+use crate::gateway::{self, Gateways};
+use crate::masq;
+use crate::spoofcheck::SpoofCheck;
+use crate::veth::{self, PortOptions};
+
+/// What to undo if ADD fails after making it.
+struct Undo<'a> {
+    req: &'a Request,
+    ipam: Option<&'a str>,
+    spoof: Option<SpoofCheck>,
+}
+
+impl Undo<'_> {
+    fn run(self, ctr_nl: &mut Netlink, ifname: &str) {
+        if let Some(sc) = self.spoof {
+            let _ = sc.teardown();
+        }
+        if let Some(ipam) = self.ipam {
+            let _ = invoke::delegate_del(ipam, self.req);
+        }
+        // Deleting one end removes the pair, host end included.
+        if let Ok(Some(link)) = ctr_nl.link_by_name(ifname) {
+            let _ = ctr_nl.delete_link(&link);
+        }
+    }
+}
+
+fn iface(link: &Link) -> Interface {
+    Interface {
+        name: link.name.clone(),
+        mac: link.mac.map(|m| m.to_string()),
+        ..Default::default()
+    }
+}
+
+fn port_options(conf: &BridgeConf) -> PortOptions {
+    PortOptions {
+        hairpin: conf.hairpin_mode,
+        isolated: conf.port_isolation,
+        vlan: conf.vlan,
+        trunk: conf.vlan_trunk.clone(),
+        preserve_default_vlan: conf.preserve_default_vlan,
+    }
+}
+
+pub fn add(req: &Request) -> Result<CniResult, BridgeError> {
+    let conf = BridgeConf::parse(&req.stdin, &req.args)?;
+    conf.validate_for_add()?;
+    let netns_path = req.netns_required().map_err(BridgeError::Cni)?;
+
+    let host_ns =
+        NetNs::current().map_err(|e| BridgeError::kernel("failed to open host netns", e))?;
+    let mut host_nl =
+        Netlink::open().map_err(|e| BridgeError::kernel("failed to open netlink socket", e))?;
+    let br = bridge::ensure(&mut host_nl, &conf)?;
+
+    let ctr_ns = NetNs::open(netns_path).map_err(|source| BridgeError::Netns {
+        path: netns_path.display().to_string(),
+        source,
+    })?;
+    let mut ctr_nl = Netlink::open_in(&ctr_ns).map_err(|source| BridgeError::Netns {
+        path: netns_path.display().to_string(),
+        source,
+    })?;
+
+    let pair = veth::create(
+        &mut ctr_nl,
+        &mut host_nl,
+        Some(&host_ns),
+        &req.ifname,
+        conf.mtu,
+        conf.mac.map(|m| MacAddr(m.0)),
+    )?;
+
+    let mut undo = Undo {
+        req,
+        ipam: None,
+        spoof: None,
+    };
+    let out = finish(
+        req,
+        &conf,
+        &mut host_nl,
+        &mut ctr_nl,
+        &ctr_ns,
+        &br,
+        &pair,
+        netns_path.display().to_string(),
+        &mut undo,
+    );
+    if out.is_err() {
+        undo.run(&mut ctr_nl, &req.ifname);
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish<'a>(
+    req: &'a Request,
+    conf: &'a BridgeConf,
+    host_nl: &mut Netlink,
+    ctr_nl: &mut Netlink,
+    ctr_ns: &NetNs,
+    br: &Link,
+    pair: &veth::Pair,
+    sandbox: String,
+    undo: &mut Undo<'a>,
+) -> Result<CniResult, BridgeError> {
+    veth::attach(host_nl, &pair.host, br, &port_options(conf))?;
+
+    let mut result = CniResult {
+        interfaces: vec![
+            iface(br),
+            iface(&pair.host),
+            Interface {
+                sandbox: Some(sandbox),
+                ..iface(&pair.inner)
+            },
+        ],
+        ..Default::default()
+    };
+
+    if conf.macspoofchk {
+        let sc = SpoofCheck::new(&req.container_id, &req.ifname);
+        let mac = result.interfaces[2].mac.clone().unwrap_or_default();
+        undo.spoof = Some(sc.clone());
+        sc.setup(&pair.host.name, &mac)?;
+    }
+
+    if let Some(ipam) = conf.ipam_type.as_deref() {
+        let ipam_result = invoke::delegate_add(ipam, req).map_err(BridgeError::Ipam)?;
+        undo.ipam = Some(ipam);
+        if ipam_result.ips.is_empty() {
+            return Err(BridgeError::NoIpConfig);
+        }
+        result.ips = ipam_result.ips;
+        result.routes = ipam_result.routes;
+        result.dns = ipam_result.dns;
+
+        let gws = gateway::calc(&mut result, conf);
+        container::configure(ctr_nl, ctr_ns, &pair.inner, &result, conf.enable_dad)?;
+        if conf.is_gateway {
+            set_gateways(host_nl, conf, br, &gws, &mut result)?;
+        }
+        if conf.ip_masq {
+            masq::setup(conf, &req.ifname, &req.container_id, &result)?;
+        }
+    } else if !conf.disable_container_interface {
+        ctr_nl
+            .set_link_up(&pair.inner)
+            .map_err(|e| BridgeError::kernel(format!("failed to set {:?} up", req.ifname), e))?;
+    }
+
+    let host_now = lookup(host_nl, &pair.host.name)?;
+    if !conf.disable_container_interface {
+        wait_port_up(host_nl, host_now.clone())?;
+    }
+    // The host end's MAC can change after creation; report what it is now.
+    result.interfaces[1].mac = host_now.mac.map(|m| m.to_string());
+    // So can the bridge's, when its first port arrives.
+    let br_now = bridge::lookup(host_nl, conf)?;
+    result.interfaces[0].mac = br_now.mac.map(|m| m.to_string());
+
+    if let Some(dns) = &conf.dns {
+        result.dns = dns.clone();
+    }
+    Ok(result)
+}
+
+fn lookup(nl: &mut Netlink, name: &str) -> Result<Link, BridgeError> {
+    nl.link_by_name(name)
+        .map_err(|e| BridgeError::kernel(format!("failed to lookup {name:?}"), e))?
+        .ok_or_else(|| BridgeError::Config(format!("failed to lookup {name:?}: Link not found")))
+}
+
+/// Gateway addresses on the bridge (or its VLAN gateway interface) and
+/// forwarding for each family that has one.
+fn set_gateways(
+    nl: &mut Netlink,
+    conf: &BridgeConf,
+    br: &Link,
+    gws: &Gateways,
+    result: &mut CniResult,
+) -> Result<(), BridgeError> {
+    let mut vlan_if: Option<Link> = None;
+    for (family, nets) in gws.families() {
+        for net in nets {
+            if conf.vlan.is_some() {
+                let link = match &vlan_if {
+                    Some(l) => l.clone(),
+                    None => {
+                        let l = ensure_vlan_gateway(nl, conf, br)?;
+                        result.interfaces.push(iface(&l));
+                        vlan_if = Some(l.clone());
+                        l
+                    }
+                };
+                gateway::ensure_addr(
+                    nl,
+                    &link,
+                    *net,
+                    conf.force_address,
+                    "failed to set vlan interface for bridge with addr",
+                )?;
+            } else {
+                gateway::ensure_addr(
+                    nl,
+                    br,
+                    *net,
+                    conf.force_address,
+                    "failed to set bridge addr",
+                )?;
+            }
+        }
+        if !nets.is_empty() {
+            gateway::enable_forwarding(family)?;
+        }
+    }
+    Ok(())
+}
+
+/// `<bridge>.<vlan>`: a veth in the host whose peer is an access port of the
+/// VLAN, so the gateway address lives inside the VLAN.
+fn ensure_vlan_gateway(
+    nl: &mut Netlink,
+    conf: &BridgeConf,
+    br: &Link,
+) -> Result<Link, BridgeError> {
+    let name = conf.vlan_gateway_name().unwrap_or_default();
+    if let Some(l) = nl
+        .link_by_name(&name)
+        .map_err(|e| BridgeError::kernel(format!("failed to find interface {name:?}"), e))?
+    {
+        return Ok(l);
+    }
+    let wrap = |e: BridgeError| {
+        BridgeError::Config(format!(
+            "failed to create vlan interface: faild to create vlan gateway {name:?}: {e}"
+        ))
+    };
+    // Both ends live in the host: make the pair with one socket.
+    let mut other =
+        Netlink::open().map_err(|e| BridgeError::kernel("failed to open netlink socket", e))?;
+    let pair = veth::create(nl, &mut other, None, &name, Some(br.mtu), None).map_err(wrap)?;
+    let opts = PortOptions {
+        vlan: conf.vlan,
+        preserve_default_vlan: conf.preserve_default_vlan,
+        ..Default::default()
+    };
+    veth::attach(nl, &pair.host, br, &opts).map_err(wrap)?;
+    nl.set_link_up(&pair.inner)
+        .map_err(|e| BridgeError::kernel(format!("failed to up {name:?}"), e))?;
+    lookup(nl, &name)
+}
+
+/// The reference re-reads the port's operational state on a fixed schedule
+/// (0, 50, 500, 1000, 1000 ms). With both ends up the kernel normally
+/// reports UP at once, so look first and only wait when it does not.
+fn wait_port_up(nl: &mut Netlink, mut link: Link) -> Result<(), BridgeError> {
+    const RETRY_MS: [u64; 4] = [50, 500, 1000, 1000];
+    if link.oper_state == OperState::Up {
+        return Ok(());
+    }
+    for ms in RETRY_MS {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        link = lookup(nl, &link.name)?;
+        if link.oper_state == OperState::Up {
+            return Ok(());
+        }
+    }
+    Err(BridgeError::PortState(link.oper_state.to_string()))
+}

@@ -1,0 +1,49 @@
+//! ipMasq glue: which backend, which addresses, and the attachment keys.
+
+use ipnetwork::IpNetwork;
+
+use cni_net::nat::{self, Attachment, Backend};
+use cni_types::CniResult;
+
+use crate::config::{BridgeConf, MasqBackend};
+use crate::error::BridgeError;
+
+fn backend(conf: &BridgeConf) -> Result<Backend, BridgeError> {
+    Ok(match conf.masq_backend_checked()? {
+        Some(MasqBackend::Iptables) => Backend::Iptables,
+        Some(MasqBackend::Nftables) => Backend::Nftables,
+        None => Backend::detect(),
+    })
+}
+
+/// Masquerades the result's addresses when they leave their subnet.
+pub fn setup(
+    conf: &BridgeConf,
+    ifname: &str,
+    container_id: &str,
+    result: &CniResult,
+) -> Result<(), BridgeError> {
+    let ips: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
+    nat::setup_masq(backend(conf)?, &conf.network, ifname, container_id, &ips)?;
+    Ok(())
+}
+
+/// Removes the container's masquerading from both backends; needs no
+/// addresses, so it works with the netns gone.
+pub fn teardown(conf: &BridgeConf, ifname: &str, container_id: &str) -> Result<(), BridgeError> {
+    nat::teardown_masq(&conf.network, ifname, container_id)?;
+    Ok(())
+}
+
+/// Removes this network's masquerading of attachments not in `valid`.
+pub fn gc(conf: &BridgeConf, valid: &[cni_types::Attachment]) -> Result<(), BridgeError> {
+    let keep: Vec<Attachment<'_>> = valid
+        .iter()
+        .map(|a| Attachment {
+            container_id: &a.container_id,
+            ifname: &a.ifname,
+        })
+        .collect();
+    nat::gc_masq(&conf.network, &keep)?;
+    Ok(())
+}
