@@ -42,6 +42,8 @@ pub mod portmap;
 mod tools;
 
 #[cfg(test)]
+mod itests;
+#[cfg(test)]
 mod testns;
 
 use std::net::IpAddr;
