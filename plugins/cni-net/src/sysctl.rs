@@ -97,19 +97,23 @@ mod tests {
     fn reads_and_writes_in_the_entered_netns_only() {
         let host_forward = get("net/ipv4/ip_forward").unwrap();
         let ns = fresh();
-        ns.run(|| -> Result<()> {
-            assert_eq!(get("net/ipv4/ip_forward")?, "0");
-            assert!(ensure("net/ipv4/ip_forward", "1")?);
-            assert!(!ensure("net/ipv4/ip_forward", "1")?);
-            assert_eq!(get("net/ipv4/ip_forward")?, "1");
-            set("net/ipv6/conf/lo/accept_ra", "0")?;
-            assert_eq!(get("net/ipv6/conf/lo/accept_ra")?, "0");
-            Ok(())
-        })
-        .unwrap();
+        // Flip whatever the new netns starts with (hosts may make new
+        // namespaces inherit the host's values).
+        let flipped = ns
+            .run(|| -> Result<&str> {
+                let start = get("net/ipv4/ip_forward")?;
+                let flipped = if start == "1" { "0" } else { "1" };
+                assert!(ensure("net/ipv4/ip_forward", flipped)?);
+                assert!(!ensure("net/ipv4/ip_forward", flipped)?);
+                assert_eq!(get("net/ipv4/ip_forward")?, flipped);
+                set("net/ipv6/conf/lo/accept_ra", "0")?;
+                assert_eq!(get("net/ipv6/conf/lo/accept_ra")?, "0");
+                Ok(flipped)
+            })
+            .unwrap();
         assert_eq!(get("net/ipv4/ip_forward").unwrap(), host_forward);
         ns.run(|| -> Result<()> {
-            assert_eq!(get("net/ipv4/ip_forward")?, "1");
+            assert_eq!(get("net/ipv4/ip_forward")?, flipped);
             Ok(())
         })
         .unwrap();
