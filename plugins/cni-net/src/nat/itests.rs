@@ -447,3 +447,76 @@ fn differential_portmap_against_reference() {
     assert_eq!(host.nat_dump(false), skeleton4);
     assert!(!host.nat_dump(true).contains(&dn));
 }
+
+#[test]
+fn conntrack_flush_deletes_only_matching_udp_entries() {
+    if !std::path::Path::new("/usr/sbin/conntrack").exists() {
+        eprintln!("skipping: conntrack tool (fixture builder) not installed");
+        return;
+    }
+    let Some(ns) = TestNs::new("ct") else { return };
+    let insert = |proto: &str, dst: &str, dport: &str| {
+        let state: &[&str] = if proto == "tcp" {
+            &["--state", "ESTABLISHED"]
+        } else {
+            &[]
+        };
+        let mut args = vec![
+            "conntrack",
+            "-I",
+            "-p",
+            proto,
+            "-s",
+            "10.0.0.1",
+            "-d",
+            dst,
+            "--sport",
+            "5555",
+            "--dport",
+            dport,
+            "--timeout",
+            "120",
+        ];
+        args.extend_from_slice(state);
+        ns.exec(&args);
+    };
+    let list = || {
+        ns.exec_with(&["conntrack", "-L", "-f", "ipv4"], &[], None)
+            .unwrap()
+    };
+    insert("udp", "192.168.0.2", "8080");
+    insert("udp", "192.168.0.3", "8080");
+    insert("udp", "192.168.0.2", "8081");
+    insert("tcp", "192.168.0.2", "8080");
+    let before = list();
+    assert_eq!(before.lines().count(), 4, "{before}");
+
+    let specific = [PortMapping {
+        host_port: 8080,
+        container_port: 80,
+        protocol: Proto::Udp,
+        host_ip: Some("192.168.0.3".parse().unwrap()),
+    }];
+    let n = ns
+        .run(|| conntrack::flush_udp_host_ports(&specific, IpFamily::V4))
+        .unwrap();
+    assert_eq!(n, 1);
+    let any = [PortMapping {
+        host_ip: None,
+        ..specific[0]
+    }];
+    let n = ns
+        .run(|| conntrack::flush_udp_host_ports(&any, IpFamily::V4))
+        .unwrap();
+    assert_eq!(n, 1);
+    let after = list();
+    assert_eq!(after.lines().count(), 2, "{after}");
+    assert!(
+        after.contains("dport=8081") && after.contains("tcp"),
+        "{after}"
+    );
+    let n = ns
+        .run(|| conntrack::flush_udp_host_ports(&any, IpFamily::V4))
+        .unwrap();
+    assert_eq!(n, 0);
+}
