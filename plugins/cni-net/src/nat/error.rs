@@ -41,6 +41,13 @@ pub enum NatError {
         #[source]
         source: io::Error,
     },
+    /// What we were doing when `source` happened.
+    #[error("{context}: {source}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<NatError>,
+    },
     /// Teardown keeps going after a failure and reports all of them.
     #[error("{}", join(.0))]
     Multiple(Vec<NatError>),
@@ -55,6 +62,18 @@ fn join(errors: &[NatError]) -> String {
 }
 
 impl NatError {
+    /// Wraps the error with what was being done. CHECK failures are left alone: their
+    /// text is the reference's.
+    pub(crate) fn context(self, context: impl FnOnce() -> String) -> NatError {
+        match self {
+            NatError::Check(_) => self,
+            source => NatError::Context {
+                context: context(),
+                source: Box::new(source),
+            },
+        }
+    }
+
     /// Folds collected errors into one result: none → Ok, one → itself.
     pub(crate) fn collect(mut errors: Vec<NatError>) -> Result<(), NatError> {
         match errors.len() {
@@ -62,5 +81,30 @@ impl NatError {
             1 => Err(errors.remove(0)),
             _ => Err(NatError::Multiple(errors)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_prefixes_all_but_check_errors() {
+        let e = NatError::ToolMissing("nft").context(|| "set up ipMasq (nftables) for c1".into());
+        assert_eq!(
+            e.to_string(),
+            "set up ipMasq (nftables) for c1: nft not found in PATH"
+        );
+        let check = NatError::Check("missing hostport rules in \"hostports\" chain".into());
+        assert_eq!(
+            check.context(|| "x".into()).to_string(),
+            "missing hostport rules in \"hostports\" chain"
+        );
+        let many = NatError::collect(vec![NatError::ToolMissing("a"), NatError::ToolMissing("b")]);
+        assert_eq!(
+            many.unwrap_err().to_string(),
+            "a not found in PATH\nb not found in PATH"
+        );
+        assert!(NatError::collect(Vec::new()).is_ok());
     }
 }

@@ -44,6 +44,9 @@ pub fn setup_masq(
                 }
                 iptables::transact(family, |saved| {
                     iptables::masq::render_setup(saved, network, container_id, &nets)
+                })
+                .map_err(|e| {
+                    e.context(|| format!("set up ipMasq ({family}) for {container_id}"))
                 })?;
             }
             Ok(())
@@ -53,6 +56,7 @@ pub fn setup_masq(
                 return Err(NatError::ToolMissing("nft"));
             }
             nftables::masq::setup(network, ifname, container_id, ips)
+                .map_err(|e| e.context(|| format!("set up ipMasq (nftables) for {container_id}")))
         }
     }
 }
@@ -71,13 +75,13 @@ pub fn teardown_masq(network: &str, ifname: &str, container_id: &str) -> Result<
         if let Err(e) = iptables::transact(family, |saved| {
             iptables::masq::render_teardown(saved, network, container_id)
         }) {
-            errors.push(e);
+            errors.push(e.context(|| format!("tear down ipMasq ({family}) for {container_id}")));
         }
     }
     if Backend::Nftables.available()
         && let Err(e) = nftables::masq::teardown(network, ifname, container_id)
     {
-        errors.push(e);
+        errors.push(e.context(|| format!("tear down ipMasq (nftables) for {container_id}")));
     }
     NatError::collect(errors)
 }
@@ -96,13 +100,13 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
         if let Err(e) = iptables::transact(family, |saved| {
             iptables::masq::render_gc(saved, network, &valid_ids)
         }) {
-            errors.push(e);
+            errors.push(e.context(|| format!("GC ipMasq ({family}) of network {network}")));
         }
     }
     if Backend::Nftables.available()
         && let Err(e) = nftables::masq::gc(network, valid)
     {
-        errors.push(e);
+        errors.push(e.context(|| format!("GC ipMasq (nftables) of network {network}")));
     }
     NatError::collect(errors)
 }

@@ -107,6 +107,15 @@ pub fn select_masq_backend(configured: Option<&str>) -> Result<Backend, NatError
     }
 }
 
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        })
+    }
+}
+
 /// IPv4 or IPv6: iptables programs them through separate tools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IpFamily {

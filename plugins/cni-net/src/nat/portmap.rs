@@ -159,11 +159,26 @@ pub fn forward_ports(
                 let family = IpFamily::of(target.ip());
                 iptables::transact(family, |saved| {
                     iptables::portmap::render_forward(saved, config, target)
+                })
+                .map_err(|e| {
+                    e.context(|| {
+                        format!(
+                            "set up port mappings ({family}) for {}",
+                            config.container_id
+                        )
+                    })
                 })?;
             }
             Ok(())
         }
-        Backend::Nftables => nftables::portmap::forward(config, &targets),
+        Backend::Nftables => nftables::portmap::forward(config, &targets).map_err(|e| {
+            e.context(|| {
+                format!(
+                    "set up port mappings (nftables) for {}",
+                    config.container_id
+                )
+            })
+        }),
     }
 }
 
@@ -209,7 +224,9 @@ pub fn unforward_ports(
                 if let Err(e) = iptables::transact(family, |saved| {
                     iptables::portmap::render_unforward(saved, network, container_id)
                 }) {
-                    errors.push(e);
+                    errors.push(e.context(|| {
+                        format!("tear down port mappings ({family}) for {container_id}")
+                    }));
                 }
             }
             if usable == 0 {
@@ -217,7 +234,9 @@ pub fn unforward_ports(
             }
             NatError::collect(errors)
         }
-        Backend::Nftables => nftables::portmap::unforward(container_id),
+        Backend::Nftables => nftables::portmap::unforward(container_id).map_err(|e| {
+            e.context(|| format!("tear down port mappings (nftables) for {container_id}"))
+        }),
     }
 }
 
