@@ -211,6 +211,22 @@ impl Ledger {
         &self.dir
     }
 
+    /// Addresses with a reservation file, from one directory read and no file reads. Safe
+    /// without the lock: it is a snapshot for STATUS and a hint for the allocator.
+    pub fn taken(&self) -> Result<HashSet<IpAddr>, LedgerError> {
+        let dir = &self.dir;
+        let entries = std::fs::read_dir(dir).map_err(|e| io_err("open", dir, &e))?;
+        let mut out = HashSet::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("readdirent", dir, &e))?;
+            // A name that parses in any form occupies the address for the reference too.
+            if let Some(ip) = entry.file_name().to_str().and_then(parse_ip) {
+                out.insert(ip);
+            }
+        }
+        Ok(out)
+    }
+
     /// Takes the exclusive lock. `range_sets` is how many `last_reserved_ip.N` files the
     /// configuration uses (they are part of the index stamp).
     pub fn lock(&self, range_sets: usize) -> Result<Session<'_>, LedgerError> {
@@ -337,17 +353,7 @@ impl Session<'_> {
 
     /// Addresses with a reservation file, without reading any of them (one directory read).
     pub fn taken(&self) -> Result<HashSet<IpAddr>, LedgerError> {
-        let dir = &self.ledger.dir;
-        let entries = std::fs::read_dir(dir).map_err(|e| io_err("open", dir, &e))?;
-        let mut out = HashSet::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err("readdirent", dir, &e))?;
-            // A name that parses in any form occupies the address for the reference too.
-            if let Some(ip) = entry.file_name().to_str().and_then(parse_ip) {
-                out.insert(ip);
-            }
-        }
-        Ok(out)
+        self.ledger.taken()
     }
 
     /// The owner recorded for `ip`, or `None` when there is no reservation file.

@@ -10,4 +10,5 @@ pub mod config;
 pub mod dns;
 pub mod index;
 pub mod ledger;
+pub mod plugin;
 pub mod range;
