@@ -298,7 +298,7 @@ fn portmap_concurrent_first_adds_share_one_skeleton() {
         return;
     };
     std::thread::scope(|s| {
-        for i in 0..16u16 {
+        for i in 0..32u16 {
             let ns = &ns;
             s.spawn(move || {
                 let config = PortMapConfig::new("test", &format!("c{i}"), vec![tcp(9000 + i, 80)]);
@@ -317,8 +317,8 @@ fn portmap_concurrent_first_adds_share_one_skeleton() {
     assert_eq!(count("-A POSTROUTING "), 1);
     assert_eq!(count("-A CNI-HOSTPORT-SETMARK "), 1);
     assert_eq!(count("-A CNI-HOSTPORT-MASQ "), 1);
-    assert_eq!(count("-A CNI-HOSTPORT-DNAT "), 16);
-    assert_eq!(count("-A CNI-DN-"), 16 * 3);
+    assert_eq!(count("-A CNI-HOSTPORT-DNAT "), 32);
+    assert_eq!(count("-A CNI-DN-"), 32 * 3);
     // Only our table: iptables-nft's own rules also print as "dnat to".
     let ruleset = ns.exec(&["nft", "list", "table", "ip", "cni_hostport"]);
     assert_eq!(
@@ -326,7 +326,56 @@ fn portmap_concurrent_first_adds_share_one_skeleton() {
         2,
         "{ruleset}"
     );
-    assert_eq!(ruleset.matches(" dnat to ").count(), 16);
+    assert_eq!(ruleset.matches(" dnat to ").count(), 32);
+}
+
+#[test]
+fn portmap_racing_the_reference_never_loses_its_rules() {
+    if reference("portmap").is_none() {
+        eprintln!("skipping: reference portmap not installed");
+        return;
+    }
+    let Some(host) = TestNs::new("prace") else {
+        return;
+    };
+    let Some(ctr) = TestNs::new("pracec") else {
+        return;
+    };
+    std::thread::scope(|s| {
+        for i in 0..8u16 {
+            let (host, ctr) = (&host, &ctr);
+            s.spawn(move || {
+                let conf = format!(
+                    r#"{{"cniVersion":"1.0.0","name":"test","type":"portmap","runtimeConfig":{{"portMappings":[{{"hostPort":{},"containerPort":80,"protocol":"tcp"}}]}},"prevResult":{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{}"}}],"ips":[{{"interface":0,"address":"10.88.3.{}/16"}}]}}}}"#,
+                    8000 + i,
+                    ctr.path(),
+                    i + 2
+                );
+                run_reference_as(host, "portmap", "ADD", &format!("go{i}"), ctr, &conf);
+            });
+            s.spawn(move || {
+                let config = PortMapConfig::new("test", &format!("rs{i}"), vec![tcp(9000 + i, 80)]);
+                let ip = nets(&[&format!("10.88.4.{}/16", i + 2)]);
+                host.run(|| forward_ports(Backend::Iptables, &config, &ip))
+                    .unwrap();
+            });
+        }
+    });
+    let rules = host.nat_rules(false);
+    for i in 0..8 {
+        for id in [format!("go{i}"), format!("rs{i}")] {
+            let dn = names::dnat_chain("test", &id);
+            let entries = rules
+                .iter()
+                .filter(|r| r.starts_with("-A CNI-HOSTPORT-DNAT ") && r.ends_with(&dn))
+                .count();
+            let dnat = rules
+                .iter()
+                .filter(|r| r.starts_with(&format!("-A {dn} ")) && r.contains("-j DNAT"))
+                .count();
+            assert_eq!((entries, dnat), (1, 1), "{id}: {rules:#?}");
+        }
+    }
 }
 
 /// Debian's reference plugins, when installed.
@@ -344,13 +393,24 @@ fn run_reference(
     container: &TestNs,
     conf: &str,
 ) -> String {
+    run_reference_as(host, plugin, command, "1234", container, conf)
+}
+
+fn run_reference_as(
+    host: &TestNs,
+    plugin: &str,
+    command: &str,
+    container_id: &str,
+    container: &TestNs,
+    conf: &str,
+) -> String {
     let path = reference(plugin).unwrap();
     let netns = container.path();
     host.exec_with(
         &[&path],
         &[
             ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", "1234"),
+            ("CNI_CONTAINERID", container_id),
             ("CNI_NETNS", &netns),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", REFERENCE_CNI),

@@ -20,13 +20,15 @@
 //! exists": `-N` fails on an existing chain (failing the whole commit), and a
 //! `:CHAIN - [0:0]` line creates *or flushes* it. Flushing is what we want for a
 //! per-container chain we are about to refill, and would wipe every other container's
-//! rules from a shared chain such as `CNI-HOSTPORT-DNAT`. So shared chains and their
-//! fixed rules are declared/appended only when the saved ruleset shows them missing,
-//! and the flock makes the read-decide-commit atomic between concurrent plugin
-//! processes (the xtables lock behind `-w` only serialises the commits themselves).
+//! rules from a shared chain such as `CNI-HOSTPORT-DNAT`. So per-container chains are
+//! declared with `:CHAIN` (create or flush, then refill), while shared chains are
+//! created with `-N` and their fixed rules appended only when the saved ruleset shows
+//! them missing; the flock makes that read-decide-commit atomic between concurrent
+//! plugin processes (the xtables lock behind `-w` only serialises single commits).
 //! Processes that do not take our lock (the Go plugins) can still race us; a commit
-//! that fails is re-read and retried, and deletions are by rule text, never by
-//! position, so a stale read can fail a commit but never delete someone else's rule.
+//! that fails is re-read and retried, `-N` fails rather than flushes a shared chain
+//! someone just created, and deletions are by rule text, never by position, so a stale
+//! read can fail a commit but never delete or flush someone else's rule.
 //!
 //! Teardown never needs the container's addresses: the per-container iptables chains
 //! are named from (network, container ID) and every rule that jumps to them is found in

@@ -13,9 +13,10 @@ use restore::Script;
 use save::SavedTable;
 
 /// A restore can lose a race with a process that does not take our lock (the Go
-/// plugins, kube-proxy): the rule we meant to delete is gone, or the chain we saw
-/// missing now exists. Re-reading and re-deciding converges in one more round.
-const ATTEMPTS: usize = 3;
+/// plugins, kube-proxy): the rule we meant to delete is gone, or a chain we saw missing
+/// now exists. Re-reading and re-deciding converges; each of the few shared objects can
+/// cost one round, hence a handful of attempts with a short, growing pause.
+const ATTEMPTS: u64 = 8;
 
 fn save_tool(family: IpFamily) -> Tool {
     match family {
@@ -57,7 +58,10 @@ where
     F: FnMut(&SavedTable) -> Option<Script>,
 {
     let mut last_err = None;
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+        }
         let saved = save_nat(family)?;
         let Some(script) = decide(&saved) else {
             return Ok(());

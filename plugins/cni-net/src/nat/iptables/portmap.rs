@@ -147,8 +147,7 @@ pub(crate) fn render_forward(
     let conditions = config.conditions(family);
     let mut script = Script::new();
 
-    // Shared skeleton: declared and filled only where missing (a declaration of an
-    // existing chain would flush it).
+    // Shared skeleton: created and filled only where missing (see `Script`).
     let own_mark_chains = config.snat && config.external_set_mark_chain.is_none();
     if own_mark_chains {
         for (shared, rule) in [
@@ -156,7 +155,7 @@ pub(crate) fn render_forward(
             (HOSTPORT_MASQ_CHAIN, masq_rule(config.mark_masq_bit)),
         ] {
             if !saved.has_chain(shared) {
-                script.declare(shared);
+                script.create(shared);
             }
             if !saved.has_rule(shared, &rule.tokens()) {
                 script.append(&rule);
@@ -171,7 +170,7 @@ pub(crate) fn render_forward(
         }
     }
     if !saved.has_chain(HOSTPORT_DNAT_CHAIN) {
-        script.declare(HOSTPORT_DNAT_CHAIN);
+        script.create(HOSTPORT_DNAT_CHAIN);
     }
     for from in ["PREROUTING", "OUTPUT"] {
         if !saved
@@ -310,10 +309,10 @@ mod tests {
             render_forward(&saved, &reference_config(), "10.0.0.2/24".parse().unwrap()).unwrap();
         let expected = format!(
             r#"*nat
-:CNI-HOSTPORT-SETMARK - [0:0]
-:CNI-HOSTPORT-MASQ - [0:0]
-:CNI-HOSTPORT-DNAT - [0:0]
 :{DN} - [0:0]
+-N CNI-HOSTPORT-SETMARK
+-N CNI-HOSTPORT-MASQ
+-N CNI-HOSTPORT-DNAT
 -A CNI-HOSTPORT-SETMARK -m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark 0x2000/0x2000
 -A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE
 -I POSTROUTING 1 -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ

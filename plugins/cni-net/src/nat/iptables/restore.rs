@@ -100,11 +100,14 @@ fn push_quoted(out: &mut String, word: &str) {
 ///
 /// With `--noflush`, a `:CHAIN - [0:0]` line creates the chain or, if it exists,
 /// flushes it. That is exactly right for a per-container chain we are about to refill,
-/// and exactly wrong for a shared chain holding other containers' rules: shared chains
-/// are declared only when the saved ruleset shows them missing.
+/// and exactly wrong for a shared chain holding other containers' rules. Shared chains
+/// are created with `-N`, and only when the saved ruleset shows them missing: if a
+/// process outside our lock created one in the meantime, `-N` fails the whole commit
+/// (which is then re-read and retried) instead of flushing its rules away.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Script {
     decls: Vec<String>,
+    creates: Vec<String>,
     ops: Vec<String>,
 }
 
@@ -118,6 +121,14 @@ impl Script {
         let line = format!(":{chain} - [0:0]");
         if !self.decls.contains(&line) {
             self.decls.push(line);
+        }
+    }
+
+    /// Creates `chain`, failing the commit if it already exists.
+    pub fn create(&mut self, chain: &str) {
+        let line = format!("-N {chain}");
+        if !self.creates.contains(&line) {
+            self.creates.push(line);
         }
     }
 
@@ -145,12 +156,12 @@ impl Script {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.decls.is_empty() && self.ops.is_empty()
+        self.decls.is_empty() && self.creates.is_empty() && self.ops.is_empty()
     }
 
     pub fn render(&self) -> String {
         let mut out = String::from("*nat\n");
-        for line in self.decls.iter().chain(&self.ops) {
+        for line in self.decls.iter().chain(&self.creates).chain(&self.ops) {
             out.push_str(line);
             out.push('\n');
         }
