@@ -140,8 +140,19 @@ pub fn ensure_addr(
     }
     // A bridge without an explicit MAC takes the lowest of its ports' and
     // changes as ports come and go; setting the MAC it had before this ADD
-    // attached a port pins it.
-    if let Some(mac) = link.mac {
+    // attached a port pins it. A bridge made portless by other tools can
+    // report an all-zero MAC, which the kernel refuses (the reference then
+    // fails with "invalid argument"): pin what it has now instead.
+    let mut mac = link.mac.filter(|m| m.0 != [0; 6]);
+    if mac.is_none() {
+        mac = nl
+            .link_by_name(&link.name)
+            .ok()
+            .flatten()
+            .and_then(|l| l.mac)
+            .filter(|m| m.0 != [0; 6]);
+    }
+    if let Some(mac) = mac {
         nl.set_mac(link, mac).map_err(|e| {
             BridgeError::kernel(format!("{context}: could not set bridge's mac"), e)
         })?;

@@ -95,11 +95,9 @@ impl SpoofCheck {
 
     /// The whole setup as one nft transaction.
     pub fn setup_script(&self, host_iface: &str, mac: &str) -> String {
-        let (ic, mc, c) = (
-            quote(&self.iface_chain()),
-            quote(&self.mac_chain()),
-            quote(&self.comment()),
-        );
+        // nft takes chain names only as bare words; container IDs and
+        // interface names are restricted to characters that fit.
+        let (ic, mc, c) = (self.iface_chain(), self.mac_chain(), quote(&self.comment()));
         format!(
             "add table bridge {TABLE}\n\
              add chain bridge {TABLE} {BASE_CHAIN} {{ type filter hook prerouting priority -300; policy accept; }}\n\
@@ -154,7 +152,7 @@ impl SpoofCheck {
         // The iface chain jumps to the mac chain: delete the referrer first.
         chains.sort_by_key(|c| *c != ic);
         for c in chains {
-            script.push_str(&format!("delete chain bridge {TABLE} {}\n", quote(&c)));
+            script.push_str(&format!("delete chain bridge {TABLE} {c}\n"));
         }
         (!script.is_empty()).then_some(script)
     }
@@ -190,14 +188,14 @@ mod tests {
             sc.setup_script("veth1a2b3c4d", "c2:11:22:33:44:55"),
             "add table bridge nat\n\
              add chain bridge nat PREROUTING { type filter hook prerouting priority -300; policy accept; }\n\
-             add chain bridge nat \"cni-br-iface-c1-eth0\"\n\
-             add chain bridge nat \"cni-br-iface-c1-eth0-mac\"\n\
-             flush chain bridge nat \"cni-br-iface-c1-eth0\"\n\
-             flush chain bridge nat \"cni-br-iface-c1-eth0-mac\"\n\
-             add rule bridge nat PREROUTING iifname \"veth1a2b3c4d\" jump \"cni-br-iface-c1-eth0\" comment \"macspoofchk-c1-eth0\"\n\
-             add rule bridge nat \"cni-br-iface-c1-eth0\" jump \"cni-br-iface-c1-eth0-mac\" comment \"macspoofchk-c1-eth0\"\n\
-             add rule bridge nat \"cni-br-iface-c1-eth0-mac\" ether saddr c2:11:22:33:44:55 return comment \"macspoofchk-c1-eth0\"\n\
-             add rule bridge nat \"cni-br-iface-c1-eth0-mac\" drop comment \"macspoofchk-c1-eth0\"\n"
+             add chain bridge nat cni-br-iface-c1-eth0\n\
+             add chain bridge nat cni-br-iface-c1-eth0-mac\n\
+             flush chain bridge nat cni-br-iface-c1-eth0\n\
+             flush chain bridge nat cni-br-iface-c1-eth0-mac\n\
+             add rule bridge nat PREROUTING iifname \"veth1a2b3c4d\" jump cni-br-iface-c1-eth0 comment \"macspoofchk-c1-eth0\"\n\
+             add rule bridge nat cni-br-iface-c1-eth0 jump cni-br-iface-c1-eth0-mac comment \"macspoofchk-c1-eth0\"\n\
+             add rule bridge nat cni-br-iface-c1-eth0-mac ether saddr c2:11:22:33:44:55 return comment \"macspoofchk-c1-eth0\"\n\
+             add rule bridge nat cni-br-iface-c1-eth0-mac drop comment \"macspoofchk-c1-eth0\"\n"
         );
     }
 
@@ -221,8 +219,8 @@ mod tests {
         assert_eq!(
             sc.teardown_script(&listing).unwrap(),
             "delete rule bridge nat PREROUTING handle 5\n\
-             delete chain bridge nat \"cni-br-iface-c1-eth0\"\n\
-             delete chain bridge nat \"cni-br-iface-c1-eth0-mac\"\n"
+             delete chain bridge nat cni-br-iface-c1-eth0\n\
+             delete chain bridge nat cni-br-iface-c1-eth0-mac\n"
         );
         assert_eq!(
             SpoofCheck::new("zz", "eth0").teardown_script(&listing),
