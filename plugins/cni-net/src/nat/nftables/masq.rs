@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use ipnetwork::IpNetwork;
 
-use super::{NftRule, apply, list_chain, quote};
+use super::{NftRule, list_chain, quote, transact};
 use crate::nat::error::NatError;
 use crate::nat::masq::Attachment;
 use crate::nat::names::{
@@ -128,25 +128,36 @@ pub(crate) fn setup(
     container_id: &str,
     nets: &[IpNetwork],
 ) -> Result<(), NatError> {
-    let rules = current()?;
-    let stale = instance_rules(&rules, network, ifname, container_id);
-    apply(&render_setup(&stale, network, ifname, container_id, nets))
+    transact(|| {
+        let rules = current()?;
+        let stale = instance_rules(&rules, network, ifname, container_id);
+        Ok(Some(render_setup(
+            &stale,
+            network,
+            ifname,
+            container_id,
+            nets,
+        )))
+    })
 }
 
 pub(crate) fn teardown(network: &str, ifname: &str, container_id: &str) -> Result<(), NatError> {
-    let rules = current()?;
-    match render_delete(&instance_rules(&rules, network, ifname, container_id)) {
-        Some(script) => apply(&script),
-        None => Ok(()),
-    }
+    transact(|| {
+        let rules = current()?;
+        Ok(render_delete(&instance_rules(
+            &rules,
+            network,
+            ifname,
+            container_id,
+        )))
+    })
 }
 
 pub(crate) fn gc(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
-    let rules = current()?;
-    match render_delete(&gc_rules(&rules, network, valid)) {
-        Some(script) => apply(&script),
-        None => Ok(()),
-    }
+    transact(|| {
+        let rules = current()?;
+        Ok(render_delete(&gc_rules(&rules, network, valid)))
+    })
 }
 
 #[cfg(test)]

@@ -97,6 +97,33 @@ pub(crate) fn apply(script: &str) -> Result<(), NatError> {
     tools::run(Tool::Nft, &["-f", "-"], Some(script)).map(drop)
 }
 
+/// Deleting a rule by handle fails the whole transaction if someone outside our lock
+/// (a Go plugin) deleted it since we listed; re-list and re-decide.
+const ATTEMPTS: u64 = 5;
+
+/// One read-decide-commit: `decide` lists what it needs and returns the transaction,
+/// or `None` when there is nothing to do. The caller holds the lock.
+pub(crate) fn transact<F>(mut decide: F) -> Result<(), NatError>
+where
+    F: FnMut() -> Result<Option<String>, NatError>,
+{
+    let mut last_err = None;
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+        }
+        let Some(script) = decide()? else {
+            return Ok(());
+        };
+        match apply(&script) {
+            Ok(()) => return Ok(()),
+            Err(err @ NatError::ToolFailed { .. }) => last_err = Some(err),
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last_err.unwrap_or(NatError::ToolMissing("nft")))
+}
+
 /// An nft string literal. nft has no escape for `"` inside strings; the reference strips
 /// them from comment parts, and IDs and names never contain them.
 pub(crate) fn quote(text: &str) -> String {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::{NftRule, apply, list_table, quote};
+use super::{NftRule, list_table, quote, transact};
 use crate::nat::IpFamily;
 use crate::nat::error::NatError;
 use crate::nat::names::{
@@ -132,14 +132,16 @@ pub(crate) fn render_forward(
 }
 
 pub(crate) fn forward(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(), NatError> {
-    let mut script = String::new();
-    for target in targets {
-        let family = family_name(IpFamily::of(target.ip()));
-        let rules = list_table(family, NFT_HOSTPORT_TABLE)?;
-        let stale = container_rules(&rules, &config.container_id);
-        script.push_str(&render_forward(&stale, config, *target));
-    }
-    apply(&script)
+    transact(|| {
+        let mut script = String::new();
+        for target in targets {
+            let family = family_name(IpFamily::of(target.ip()));
+            let rules = list_table(family, NFT_HOSTPORT_TABLE)?;
+            let stale = container_rules(&rules, &config.container_id);
+            script.push_str(&render_forward(&stale, config, *target));
+        }
+        Ok(Some(script))
+    })
 }
 
 /// Deletion of the container's rules in both families, `None` when there are none.
@@ -152,14 +154,13 @@ pub(crate) fn render_unforward(rules: &[NftRule], container_id: &str) -> Option<
 }
 
 pub(crate) fn unforward(container_id: &str) -> Result<(), NatError> {
-    let mut rules = list_table("ip", NFT_HOSTPORT_TABLE)?;
-    if IpFamily::V6.enabled() {
-        rules.extend(list_table("ip6", NFT_HOSTPORT_TABLE)?);
-    }
-    match render_unforward(&rules, container_id) {
-        Some(script) => apply(&script),
-        None => Ok(()),
-    }
+    transact(|| {
+        let mut rules = list_table("ip", NFT_HOSTPORT_TABLE)?;
+        if IpFamily::V6.enabled() {
+            rules.extend(list_table("ip6", NFT_HOSTPORT_TABLE)?);
+        }
+        Ok(render_unforward(&rules, container_id))
+    })
 }
 
 /// The reference's CHECK: enough rules carry the container's comment in each chain.
