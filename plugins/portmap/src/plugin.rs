@@ -162,22 +162,12 @@ fn forget(network: &str, container_id: &str) {
 }
 
 /// Deletes the UDP conntrack entries towards the mapped host ports. Failures are
-/// reported on stderr only: the mapping itself is in place.
+/// reported on stderr only, as the reference does: the mapping itself is in place.
 fn flush_udp(mappings: &[PortMapping], family: IpFamily) {
-    let ports: Vec<u16> = mappings
-        .iter()
-        .filter(|m| m.protocol == Proto::Udp && m.applies_to(family))
-        .map(|m| m.host_port)
-        .collect();
-    if ports.is_empty() {
+    if !mappings.iter().any(|m| m.protocol == Proto::Udp) {
         return;
     }
-    if let Err(e) = delete_udp_conntrack(family, &ports) {
+    if let Err(e) = nat::conntrack::flush_udp_host_ports(mappings, family) {
         eprintln!("portmap: failed to delete stale UDP conntrack entries: {e}");
     }
-}
-
-// Placeholder until cni-net's conntrack module lands.
-fn delete_udp_conntrack(_family: IpFamily, _ports: &[u16]) -> Result<(), String> {
-    Ok(())
 }
