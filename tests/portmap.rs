@@ -13,3 +13,6 @@ mod teardown;
 
 #[path = "portmap/verbs.rs"]
 mod verbs;
+
+#[path = "portmap/differential.rs"]
+mod differential;
