@@ -239,10 +239,14 @@ impl Ledger {
             .open(&path)
             .map_err(|e| io_err("open", &path, &e))?;
         lock.lock().map_err(|e| io_err("flock", &path, &e))?;
+        // Read once: nobody else can change them while we hold the lock.
+        let last_reserved = (0..range_sets)
+            .map(|i| read_small(&self.dir.join(format!("{LAST_RESERVED_PREFIX}{i}"))).ok())
+            .collect();
         Ok(Session {
             ledger: self,
             _lock: lock,
-            range_sets,
+            last_reserved,
             index: IndexState::Unloaded,
             changed: false,
         })
@@ -261,7 +265,8 @@ enum IndexState {
 pub struct Session<'a> {
     ledger: &'a Ledger,
     _lock: File,
-    range_sets: usize,
+    /// Content of `last_reserved_ip.N` for each range set (`None`: missing or unreadable).
+    last_reserved: Vec<Option<Vec<u8>>>,
     index: IndexState,
     changed: bool,
 }
@@ -284,6 +289,9 @@ fn read_small(path: &Path) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Writes `content` as the whole file. Replacing existing content is done by overwriting
+/// and then cutting to length rather than with O_TRUNC: ext4 flushes a file on close after
+/// a truncate to zero (auto_da_alloc), which made every ADD wait for the disk.
 fn write_file(path: &Path, content: &[u8], exclusive: bool) -> io::Result<()> {
     let mut opts = OpenOptions::new();
     opts.write(true)
@@ -292,9 +300,14 @@ fn write_file(path: &Path, content: &[u8], exclusive: bool) -> io::Result<()> {
     if exclusive {
         opts.create_new(true);
     } else {
-        opts.create(true).truncate(true);
+        opts.create(true);
     }
-    opts.open(path)?.write_all(content)
+    let mut f = opts.open(path)?;
+    f.write_all(content)?;
+    if !exclusive {
+        f.set_len(content.len() as u64)?;
+    }
+    Ok(())
 }
 
 impl Session<'_> {
@@ -310,22 +323,15 @@ impl Session<'_> {
         self.path(format!("{LAST_RESERVED_PREFIX}{set}"))
     }
 
-    fn last_reserved_raw(&self, set: usize) -> Option<Vec<u8>> {
-        read_small(&self.last_reserved_path(set)).ok()
-    }
-
     /// The address last reserved from range set `set`. Parsed like the reference (no
     /// trimming), so anything odd in the file just restarts the round robin.
     pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
-        let raw = self.last_reserved_raw(set)?;
-        parse_ip(std::str::from_utf8(&raw).ok()?)
+        let raw = self.last_reserved.get(set)?.as_ref()?;
+        parse_ip(std::str::from_utf8(raw).ok()?)
     }
 
     fn stamp(&self) -> io::Result<Stamp> {
-        let lr: Vec<Option<Vec<u8>>> = (0..self.range_sets)
-            .map(|i| self.last_reserved_raw(i))
-            .collect();
-        Stamp::take(&self.ledger.dir, &lr)
+        Stamp::take(&self.ledger.dir, &self.last_reserved)
     }
 
     /// Every reservation file: regular files whose name is an address in canonical form.
@@ -482,9 +488,13 @@ impl Session<'_> {
         }
         self.changed = true;
         let last = self.last_reserved_path(set);
-        if let Err(e) = write_file(&last, ip.to_string().as_bytes(), false) {
+        let text = ip.to_string().into_bytes();
+        if let Err(e) = write_file(&last, &text, false) {
             let _ = std::fs::remove_file(&path);
             return Err(io_err("open", &last, &e));
+        }
+        if let Some(slot) = self.last_reserved.get_mut(set) {
+            *slot = Some(text);
         }
         let dir = self.ledger.dir.clone();
         if let Some(idx) = self.index()
