@@ -20,21 +20,28 @@ use crate::veth::{self, PortOptions};
 /// What to undo if ADD fails after making it.
 struct Undo<'a> {
     req: &'a Request,
+    conf: &'a BridgeConf,
     ipam: Option<&'a str>,
     spoof: Option<SpoofCheck>,
+    masq: bool,
 }
 
 impl Undo<'_> {
-    fn run(self, ctr_nl: &mut Netlink, ifname: &str) {
+    fn run(self, ctr_nl: Option<&mut Netlink>) {
         if let Some(sc) = self.spoof {
             let _ = sc.teardown();
+        }
+        if self.masq {
+            let _ = masq::teardown(self.conf, &self.req.ifname, &self.req.container_id);
         }
         if let Some(ipam) = self.ipam {
             let _ = invoke::delegate_del(ipam, self.req);
         }
         // Deleting one end removes the pair, host end included.
-        if let Ok(Some(link)) = ctr_nl.link_by_name(ifname) {
-            let _ = ctr_nl.delete_link(&link);
+        if let Some(nl) = ctr_nl
+            && let Ok(Some(link)) = nl.link_by_name(&self.req.ifname)
+        {
+            let _ = nl.delete_link(&link);
         }
     }
 }
@@ -57,69 +64,103 @@ fn port_options(conf: &BridgeConf) -> PortOptions {
     }
 }
 
-pub fn add(req: &Request) -> Result<CniResult, BridgeError> {
-    let conf = BridgeConf::parse(&req.stdin, &req.args)?;
-    conf.validate_for_add()?;
-    let netns_path = req.netns_required().map_err(BridgeError::Cni)?;
+/// The kernel objects ADD works on.
+struct Plumbing {
+    host_nl: Netlink,
+    ctr_nl: Netlink,
+    br: Link,
+    pair: veth::Pair,
+}
 
+/// Bridge and veth pair, the part of ADD that does not need IPAM's answer.
+fn plumb(conf: &BridgeConf, ctr_ns: &NetNs, ifname: &str) -> Result<Plumbing, BridgeError> {
     let host_ns =
         NetNs::current().map_err(|e| BridgeError::kernel("failed to open host netns", e))?;
     let mut host_nl =
         Netlink::open().map_err(|e| BridgeError::kernel("failed to open netlink socket", e))?;
-    let br = bridge::ensure(&mut host_nl, &conf)?;
-
-    let ctr_ns = NetNs::open(netns_path).map_err(|source| BridgeError::Netns {
-        path: netns_path.display().to_string(),
+    let br = bridge::ensure(&mut host_nl, conf)?;
+    let mut ctr_nl = Netlink::open_in(ctr_ns).map_err(|source| BridgeError::Netns {
+        path: ctr_ns.path().display().to_string(),
         source,
     })?;
-    let mut ctr_nl = Netlink::open_in(&ctr_ns).map_err(|source| BridgeError::Netns {
-        path: netns_path.display().to_string(),
-        source,
-    })?;
-
     let pair = veth::create(
         &mut ctr_nl,
         &mut host_nl,
         Some(&host_ns),
-        &req.ifname,
+        ifname,
         conf.mtu,
         conf.mac.map(|m| MacAddr(m.0)),
     )?;
+    Ok(Plumbing {
+        host_nl,
+        ctr_nl,
+        br,
+        pair,
+    })
+}
+
+pub fn add(req: &Request) -> Result<CniResult, BridgeError> {
+    let conf = BridgeConf::parse(&req.stdin, &req.args)?;
+    conf.validate_for_add()?;
+    let netns_path = req.netns_required().map_err(BridgeError::Cni)?;
+    // Opened first so a bad path fails before anything is made.
+    let ctr_ns = NetNs::open(netns_path).map_err(|source| BridgeError::Netns {
+        path: netns_path.display().to_string(),
+        source,
+    })?;
+
+    // The IPAM plugin is a separate process: let it run while the bridge and
+    // veth are made. The worker thread never changes netns, so the plugin
+    // starts in the host netns whatever this thread does meanwhile.
+    let ipam_type = conf.ipam_type.as_deref();
+    let (plumbing, ipam) = std::thread::scope(|s| {
+        let ipam = ipam_type.map(|t| s.spawn(move || invoke::delegate_add(t, req)));
+        let plumbing = plumb(&conf, &ctr_ns, &req.ifname);
+        let ipam = ipam.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(cni_types::Error::internal("IPAM call panicked")))
+        });
+        (plumbing, ipam)
+    });
 
     let mut undo = Undo {
         req,
+        conf: &conf,
         ipam: None,
         spoof: None,
+        masq: false,
     };
-    let out = finish(
-        req,
-        &conf,
-        &mut host_nl,
-        &mut ctr_nl,
-        &ctr_ns,
-        &br,
-        &pair,
-        netns_path.display().to_string(),
-        &mut undo,
-    );
+    if let Some(Ok(_)) = &ipam {
+        undo.ipam = ipam_type;
+    }
+    let mut p = match plumbing {
+        Ok(p) => p,
+        Err(e) => {
+            undo.run(None);
+            return Err(e);
+        }
+    };
+    let out = finish(req, &conf, &mut p, &ctr_ns, ipam, &mut undo);
     if out.is_err() {
-        undo.run(&mut ctr_nl, &req.ifname);
+        undo.run(Some(&mut p.ctr_nl));
     }
     out
 }
 
-#[allow(clippy::too_many_arguments)]
 fn finish<'a>(
     req: &'a Request,
     conf: &'a BridgeConf,
-    host_nl: &mut Netlink,
-    ctr_nl: &mut Netlink,
+    p: &mut Plumbing,
     ctr_ns: &NetNs,
-    br: &Link,
-    pair: &veth::Pair,
-    sandbox: String,
+    ipam: Option<Result<CniResult, cni_types::Error>>,
     undo: &mut Undo<'a>,
 ) -> Result<CniResult, BridgeError> {
+    let Plumbing {
+        host_nl,
+        ctr_nl,
+        br,
+        pair,
+    } = p;
     veth::attach(host_nl, &pair.host, br, &port_options(conf))?;
 
     let mut result = CniResult {
@@ -127,7 +168,7 @@ fn finish<'a>(
             iface(br),
             iface(&pair.host),
             Interface {
-                sandbox: Some(sandbox),
+                sandbox: Some(ctr_ns.path().display().to_string()),
                 ..iface(&pair.inner)
             },
         ],
@@ -141,9 +182,8 @@ fn finish<'a>(
         sc.setup(&pair.host.name, &mac)?;
     }
 
-    if let Some(ipam) = conf.ipam_type.as_deref() {
-        let ipam_result = invoke::delegate_add(ipam, req).map_err(BridgeError::Ipam)?;
-        undo.ipam = Some(ipam);
+    if let Some(ipam) = ipam {
+        let ipam_result = ipam.map_err(BridgeError::Ipam)?;
         if ipam_result.ips.is_empty() {
             return Err(BridgeError::NoIpConfig);
         }
@@ -152,13 +192,32 @@ fn finish<'a>(
         result.dns = ipam_result.dns;
 
         let gws = gateway::calc(&mut result, conf);
-        container::configure(ctr_nl, ctr_ns, &pair.inner, &result, conf.enable_dad)?;
-        if conf.is_gateway {
-            set_gateways(host_nl, conf, br, &gws, &mut result)?;
-        }
-        if conf.ip_masq {
-            masq::setup(conf, &req.ifname, &req.container_id, &result)?;
-        }
+        // ipMasq is tool runs in the host; addressing is netlink: overlap them.
+        let ips: Vec<_> = result.ips.iter().map(|ip| ip.address).collect();
+        let (configured, masqed) = std::thread::scope(|s| {
+            let masq = conf
+                .ip_masq
+                .then(|| s.spawn(|| masq::setup(conf, &req.ifname, &req.container_id, &ips)));
+            let configured =
+                container::configure(ctr_nl, ctr_ns, &pair.inner, &result, conf.enable_dad)
+                    .and_then(|()| {
+                        if conf.is_gateway {
+                            set_gateways(host_nl, conf, br, &gws, &mut result)
+                        } else {
+                            Ok(())
+                        }
+                    });
+            let masqed = masq.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(BridgeError::Config("ipMasq setup panicked".into())))
+            });
+            (configured, masqed)
+        });
+        // The reference tears down nothing of its own on failure; we also
+        // remove half-made masquerading.
+        undo.masq = masqed.is_some();
+        configured?;
+        masqed.transpose()?;
     } else if !conf.disable_container_interface {
         ctr_nl
             .set_link_up(&pair.inner)

@@ -15,46 +15,65 @@ use crate::spoofcheck::SpoofCheck;
 pub fn del(req: &Request) -> Result<(), BridgeError> {
     let conf = BridgeConf::parse(&req.stdin, &req.args)?;
 
-    if let Some(path) = &req.netns {
-        match NetNs::open(path) {
-            Ok(ns) => remove_container_iface(&ns, &req.ifname)?,
-            // The runtime removed the netns first (or it is a stale file left
-            // after a reboot): its interfaces are gone with it.
-            Err(e) if e.is_not_found() || matches!(e, cni_net::error::Error::NotNetns { .. }) => {}
-            Err(source) => {
-                return Err(BridgeError::Netns {
-                    path: path.display().to_string(),
-                    source,
-                });
-            }
-        }
+    // Removing a veth costs the kernel two RCU grace periods (~20 ms); the
+    // firewall teardown is a few tool runs that do not depend on it, so they
+    // overlap. The worker never changes netns, so the tools it spawns run in
+    // the host. IPAM still releases only after the interface is gone, so the
+    // address cannot be handed out while the old interface holds it.
+    let (iface, firewall, ipam) = std::thread::scope(|s| {
+        let firewall = s.spawn(|| teardown_firewall(&conf, req));
+        let iface = remove_iface_if_netns(req);
+        let ipam = match (&iface, &conf.ipam_type) {
+            (Ok(()), Some(ipam)) => invoke::delegate_del(ipam, req).map_err(BridgeError::Ipam),
+            _ => Ok(()),
+        };
+        let firewall = firewall
+            .join()
+            .unwrap_or_else(|_| Err(BridgeError::Config("firewall teardown panicked".into())));
+        (iface, firewall, ipam)
+    });
+    // Every step ran even if another failed, so a retried DEL has as little
+    // as possible left to do.
+    let mut errors: Vec<BridgeError> = [iface, ipam, firewall]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(BridgeError::Multiple(errors)),
     }
+}
 
-    // Every step below runs even if an earlier one failed, so a retried DEL
-    // has as little as possible left to do.
-    let mut errors = Vec::new();
-    if let Some(ipam) = &conf.ipam_type
-        && let Err(e) = invoke::delegate_del(ipam, req)
-    {
-        errors.push(BridgeError::Ipam(e));
+fn remove_iface_if_netns(req: &Request) -> Result<(), BridgeError> {
+    let Some(path) = &req.netns else {
+        return Ok(());
+    };
+    match NetNs::open(path) {
+        Ok(ns) => remove_container_iface(&ns, &req.ifname),
+        // The runtime removed the netns first (or it is a stale file left
+        // after a reboot): its interfaces are gone with it.
+        Err(e) if e.is_not_found() || matches!(e, cni_net::error::Error::NotNetns { .. }) => Ok(()),
+        Err(source) => Err(BridgeError::Netns {
+            path: path.display().to_string(),
+            source,
+        }),
     }
+}
+
+/// Spoof-check chains and ipMasq rules, found by name: no netns or
+/// addresses needed.
+fn teardown_firewall(conf: &BridgeConf, req: &Request) -> Result<(), BridgeError> {
     if conf.macspoofchk
         && let Err(e) = SpoofCheck::new(&req.container_id, &req.ifname).teardown()
     {
         // The reference only logs this; a stale chain matches no traffic.
         eprintln!("{e}");
     }
-    if conf.is_layer3()
-        && conf.ip_masq
-        && let Err(e) = masq::teardown(&conf, &req.ifname, &req.container_id)
-    {
-        errors.push(e);
+    if conf.is_layer3() && conf.ip_masq {
+        masq::teardown(conf, &req.ifname, &req.container_id)?;
     }
-    match errors.len() {
-        0 => Ok(()),
-        1 => Err(errors.remove(0)),
-        _ => Err(BridgeError::Multiple(errors)),
-    }
+    Ok(())
 }
 
 fn remove_container_iface(ns: &NetNs, ifname: &str) -> Result<(), BridgeError> {

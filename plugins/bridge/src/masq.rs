@@ -3,7 +3,6 @@
 use ipnetwork::IpNetwork;
 
 use cni_net::nat::{self, Attachment, Backend};
-use cni_types::CniResult;
 
 use crate::config::{BridgeConf, MasqBackend};
 use crate::error::BridgeError;
@@ -21,10 +20,9 @@ pub fn setup(
     conf: &BridgeConf,
     ifname: &str,
     container_id: &str,
-    result: &CniResult,
+    ips: &[IpNetwork],
 ) -> Result<(), BridgeError> {
-    let ips: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
-    nat::setup_masq(backend(conf)?, &conf.network, ifname, container_id, &ips)?;
+    nat::setup_masq(backend(conf)?, &conf.network, ifname, container_id, ips)?;
     Ok(())
 }
 
