@@ -140,6 +140,9 @@ pub enum RangeError {
     StartOutside(IpAddr, String),
     #[error("RangeEnd {0} not in network {1}")]
     EndOutside(IpAddr, String),
+    /// The reference accepts this and then walks past the end of the subnet; refuse it.
+    #[error("RangeStart {0} is after RangeEnd {1}")]
+    StartAfterEnd(IpAddr, IpAddr),
 }
 
 /// Why a range set is invalid; the text is the reference's.
@@ -225,6 +228,9 @@ impl Range {
             return Err(RangeError::EndOutside(e, shown));
         }
         let end = end.unwrap_or(from_int(family, default_end));
+        if to_int(start) > to_int(end) {
+            return Err(RangeError::StartAfterEnd(start, end));
+        }
         Ok(Range {
             subnet,
             start,
@@ -258,7 +264,7 @@ impl Range {
 
     /// How many addresses the allocator can hand out from this range.
     pub fn capacity(&self) -> u128 {
-        let span = to_int(self.end) - to_int(self.start);
+        let span = to_int(self.end).saturating_sub(to_int(self.start));
         let gateway_inside = self.contains(self.gateway);
         // `span + 1` overflows only for a v6 ::/0 range with no gateway inside, which
         // cannot exist: the default gateway is always inside. Saturate to be safe.
@@ -515,6 +521,12 @@ mod tests {
                 None,
                 Some("2001:db8::1"),
                 "RangeEnd 2001:db8::1 not in network 10.1.2.0/24",
+            ),
+            (
+                "10.1.2.0/24",
+                Some("10.1.2.255"),
+                None,
+                "RangeStart 10.1.2.255 is after RangeEnd 10.1.2.254",
             ),
         ];
         for (subnet, start, end, want) in cases {
