@@ -960,6 +960,43 @@ fn gc_releases_what_is_not_valid_and_status_forwards() {
         .assert_ok();
 }
 
+#[test]
+fn gc_sweeps_nftables_masq_and_spoofcheck_of_dead_pods() {
+    let node = Node::new();
+    let conf = node.conf(
+        "1.1.0",
+        &["10.48.0.0/24", "fd00:48::/64"],
+        json!({"ipMasq": true, "ipMasqBackend": "nftables", "macspoofchk": true}),
+    );
+    let (a, b) = (Netns::new("pod-a"), Netns::new("pod-b"));
+    node.add(&conf, "keep", &a);
+    node.add(&conf, "gone", &b);
+    drop(b);
+    // The dead pod's veth goes with its netns (asynchronously).
+    for _ in 0..50 {
+        if node.host_veths().len() == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    node.host
+        .cni("bridge")
+        .command("GC")
+        .config(&gc)
+        .run()
+        .assert_ok();
+    assert!(node.rules_of("gone").is_empty(), "{}", node.nat_state());
+    let kept = node.rules_of("keep");
+    assert!(kept.iter().any(|l| l.contains("masquerade")), "{kept:?}");
+    assert!(
+        kept.iter().any(|l| l.contains("macspoofchk-keep-eth0")),
+        "{kept:?}"
+    );
+    assert_eq!(node.reservations().len(), 2, "{:?}", node.reservations());
+}
+
 // ---------------------------------------------------------------------------
 // Differential with the reference plugin
 

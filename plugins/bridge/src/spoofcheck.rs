@@ -176,6 +176,79 @@ impl SpoofCheck {
     }
 }
 
+/// The attachments (`<cid>-<ifname>`) whose jump rule in PREROUTING names a
+/// host interface for which `gone` is true and which `keep` does not list.
+///
+/// Chain names do not say which network made them, so a rule is only stale
+/// when its port is gone too: a live attachment of another network always
+/// still has its veth.
+pub fn stale_ids(
+    listing: &Value,
+    keep: &dyn Fn(&str) -> bool,
+    gone: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for item in listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(rule) = item.get("rule") else {
+            continue;
+        };
+        if rule.get("chain").and_then(Value::as_str) != Some(BASE_CHAIN) {
+            continue;
+        }
+        let Some(id) = rule
+            .get("comment")
+            .and_then(Value::as_str)
+            .and_then(|c| c.strip_prefix("macspoofchk-"))
+        else {
+            continue;
+        };
+        let port = rule
+            .get("expr")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("match"))
+            .find(|m| m.pointer("/left/meta/key").and_then(Value::as_str) == Some("iifname"))
+            .and_then(|m| m.get("right"))
+            .and_then(Value::as_str);
+        if let Some(port) = port
+            && gone(port)
+            && !keep(id)
+            && !out.iter().any(|o| o == id)
+        {
+            out.push(id.to_string());
+        }
+    }
+    out
+}
+
+/// GC: removes the rules of attachments not in `keep` whose host port no
+/// longer exists.
+pub fn gc(keep: &dyn Fn(&str) -> bool, gone: &dyn Fn(&str) -> bool) -> Result<(), BridgeError> {
+    let listing = match nft(&["-j", "list", "table", "bridge", TABLE], None) {
+        Ok(text) => text,
+        Err(e) if e.contains("No such file or directory") => return Ok(()),
+        Err(e) => return Err(BridgeError::SpoofCheck(e)),
+    };
+    let listing: Value = serde_json::from_str(&listing)
+        .map_err(|e| BridgeError::SpoofCheck(format!("parse nft listing: {e}")))?;
+    let script: String = stale_ids(&listing, keep, gone)
+        .iter()
+        .filter_map(|id| SpoofCheck { id: id.clone() }.teardown_script(&listing))
+        .collect();
+    if script.is_empty() {
+        return Ok(());
+    }
+    nft(&["-f", "-"], Some(&script))
+        .map(drop)
+        .map_err(|e| BridgeError::SpoofCheck(format!("gc: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
