@@ -4,7 +4,8 @@
 #   scripts/bench-host-local.sh [CALLS]        (default 300 calls per measurement)
 #
 # Each call is one exec of the plugin, process start included, timed from spawn to exit
-# by a small python timer (posix_spawn, so the timer adds next to nothing). Printed:
+# by a small python timer (posix_spawn, so the timer adds next to nothing). The setups are
+# measured interleaved, call by call, so background load skews them alike. Printed:
 #   - ADD and DEL median / p95 on an empty ledger, ours and the reference, and the ratio;
 #   - ADD median / p95 with 5000 addresses already taken in a /16, against the empty
 #     figure (target: within 1.5x).
@@ -79,14 +80,23 @@ def fill(data_dir, n):
     with open(os.path.join(net, "last_reserved_ip.0"), "w") as f:
         f.write(last)
 
-def measure(binary, tag, prefill=0):
-    d, p = setup(tag)
-    if prefill:
-        fill(d, prefill)
-        run(binary, "ADD", "warmup", p)  # ours rebuilds its index once here
-    add = [run(binary, "ADD", f"c{i}", p) for i in range(calls)]
-    dele = [run(binary, "DEL", f"c{i}", p) for i in range(calls)]
-    return stats(add), stats(dele)
+def measure(setups):
+    """ADD then DEL `calls` times in each setup, interleaved call by call so that load from
+    elsewhere on the machine hits every setup alike."""
+    prepared = []
+    for binary, tag, prefill in setups:
+        d, p = setup(tag)
+        if prefill:
+            fill(d, prefill)
+            run(binary, "ADD", "warmup", p)  # ours rebuilds its index once here
+        prepared.append((binary, p))
+    add = [[] for _ in prepared]
+    dele = [[] for _ in prepared]
+    for verb, out in (("ADD", add), ("DEL", dele)):
+        for i in range(calls):
+            for k, (binary, p) in enumerate(prepared):
+                out[k].append(run(binary, verb, f"c{i}", p))
+    return [(stats(a), stats(d)) for a, d in zip(add, dele)]
 
 def show(label, s):
     return f"{label:<34} median {s[0]:7.3f} ms   p95 {s[1]:7.3f} ms"
@@ -94,20 +104,22 @@ def show(label, s):
 have_ref = os.access(ref, os.X_OK)
 print(f"calls per figure: {calls}; ours: {ours}; reference: {ref if have_ref else 'missing'}")
 print(f"process start alone (/bin/true): median {stats([run('/bin/true', 'ADD', 'x', '/dev/null') for _ in range(100)])[0]:.3f} ms")
-o_add, o_del = measure(ours, "ours-empty")
+setups = [(ours, "ours-empty", 0), (ours, "ours-5000", 5000)]
+if have_ref:
+    setups += [(ref, "ref-empty", 0), (ref, "ref-5000", 5000)]
+res = measure(setups)
+(o_add, o_del), (o_full, o_full_del) = res[0], res[1]
 print(show("ours ADD (empty ledger)", o_add))
 print(show("ours DEL (empty ledger)", o_del))
 if have_ref:
-    r_add, r_del = measure(ref, "ref-empty")
+    (r_add, r_del), (r_full, r_full_del) = res[2], res[3]
     print(show("reference ADD (empty ledger)", r_add))
     print(show("reference DEL (empty ledger)", r_del))
     print(f"ratio ours/reference: ADD {o_add[0] / r_add[0]:.2f}   DEL {o_del[0] / r_del[0]:.2f}   (target <= 0.50)")
-o_full, o_full_del = measure(ours, "ours-5000", prefill=5000)
 print(show("ours ADD (5000 taken in a /16)", o_full))
 print(show("ours DEL (5000 taken in a /16)", o_full_del))
 print(f"ours ADD 5000-taken / empty: {o_full[0] / o_add[0]:.2f}   (target <= 1.50)")
 if have_ref:
-    r_full, r_full_del = measure(ref, "ref-5000", prefill=5000)
     print(show("reference ADD (5000 taken)", r_full))
     print(show("reference DEL (5000 taken)", r_full_del))
     print(f"reference ADD 5000-taken / empty: {r_full[0] / r_add[0]:.2f}")
