@@ -919,3 +919,49 @@ fn either_implementation_releases_the_others_reservations() {
     call_with(&ours, "DEL", &c, "old", "eth0").run().assert_ok();
     assert!(!net_dir(&data).join("10.1.2.99").exists());
 }
+
+#[test]
+fn large_ledger_written_by_someone_else() {
+    let data = tempdir();
+    let c = conf("1.1.0", data.path(), &["10.30.0.0/20"]);
+    let dir = net_dir(&data);
+    std::fs::create_dir_all(&dir).unwrap();
+    // 3000 reservations as the reference (or an older version) leaves them.
+    for i in 0..3000u32 {
+        let v = 2 + i;
+        let name = format!("10.30.{}.{}", v >> 8, v & 255);
+        let content = if i % 10 == 0 {
+            format!("old{i}")
+        } else {
+            format!("pod{i}\r\neth0")
+        };
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    std::fs::write(dir.join("last_reserved_ip.0"), "10.30.11.185").unwrap();
+
+    let r = run("ADD", &c, "new1");
+    assert_eq!(r.assert_ok()["ips"][0]["address"], "10.30.11.186/20");
+    let dup = run("ADD", &c, "pod17");
+    assert_eq!(
+        dup.assert_error(999)["msg"],
+        "failed to allocate for range 0: 10.30.0.19 has been allocated to pod17, duplicate allocation is not allowed"
+    );
+    let dup = run("ADD", &c, "old20");
+    assert!(
+        dup.assert_error(999)["msg"]
+            .as_str()
+            .unwrap()
+            .contains("10.30.0.22 has been allocated to old20")
+    );
+    run("CHECK", &c, "pod2999").assert_ok();
+    run("DEL", &c, "pod17").assert_ok();
+    run("DEL", &c, "old20").assert_ok();
+    assert!(!dir.join("10.30.0.19").exists());
+    assert!(!dir.join("10.30.0.22").exists());
+    // Someone else removes one behind our back: the index notices.
+    std::fs::remove_file(dir.join("10.30.0.30")).unwrap();
+    run("CHECK", &c, "pod28").assert_error(999);
+    run("ADD", &c, "pod28").assert_ok();
+    assert_eq!(reservations(&data).len(), 3000 + 1 - 3 + 1);
+    run("STATUS", &c, "").assert_ok();
+}
