@@ -64,6 +64,11 @@ fn port_options(conf: &BridgeConf) -> PortOptions {
     }
 }
 
+/// 0.1.0 and 0.2.0 (and an empty version, which means 0.1.0).
+fn legacy_version(v: &str) -> bool {
+    matches!(v, "" | "0.1.0" | "0.2.0")
+}
+
 /// The kernel objects ADD works on.
 struct Plumbing {
     host_nl: Netlink,
@@ -102,6 +107,13 @@ fn plumb(conf: &BridgeConf, ctr_ns: &NetNs, ifname: &str) -> Result<Plumbing, Br
 pub fn add(req: &Request) -> Result<CniResult, BridgeError> {
     let conf = BridgeConf::parse(&req.stdin, &req.args)?;
     conf.validate_for_add()?;
+    if !conf.is_layer3() && legacy_version(&conf.cni_version) {
+        // A 0.1/0.2 result is nothing but addresses: an L2-only ADD could
+        // never be printed, and would leave its veth behind.
+        return Err(BridgeError::Config(
+            "cannot convert: no valid IP addresses".into(),
+        ));
+    }
     let netns_path = req.netns_required().map_err(BridgeError::Cni)?;
     // Opened first so a bad path fails before anything is made.
     let ctr_ns = NetNs::open(netns_path).map_err(|source| BridgeError::Netns {
@@ -314,7 +326,12 @@ fn ensure_vlan_gateway(
     // Both ends live in the host: make the pair with one socket.
     let mut other =
         Netlink::open().map_err(|e| BridgeError::kernel("failed to open netlink socket", e))?;
-    let pair = veth::create(nl, &mut other, None, &name, Some(br.mtu), None).map_err(wrap)?;
+    let pair = match veth::create(nl, &mut other, None, &name, Some(br.mtu), None) {
+        Ok(pair) => pair,
+        // A concurrent ADD on the same VLAN made it first: use theirs.
+        Err(BridgeError::VethExists { .. }) => return lookup(nl, &name),
+        Err(e) => return Err(wrap(e)),
+    };
     let opts = PortOptions {
         vlan: conf.vlan,
         preserve_default_vlan: conf.preserve_default_vlan,

@@ -76,20 +76,29 @@ pub fn create(
             }
             Err(e) => return Err(BridgeError::kernel("failed to make veth pair", e)),
         };
-        let host = host_nl
-            .link_by_name(&peer)
-            .map_err(|e| BridgeError::kernel(format!("failed to lookup {peer:?}"), e))?
-            .ok_or_else(|| {
-                BridgeError::Config(format!("failed to lookup {peer:?}: Link not found"))
-            })?;
-        host_nl
-            .set_link_up(&host)
-            .map_err(|e| BridgeError::kernel(format!("failed to set {peer:?} up"), e))?;
-        // Host ends carry no addresses of their own; ignore RAs on them.
-        let _ = sysctl::set(&format!("net/ipv6/conf/{peer}/accept_ra"), "0");
-        return Ok(Pair { host, inner });
+        match bring_up_host_end(host_nl, &peer) {
+            Ok(host) => return Ok(Pair { host, inner }),
+            Err(e) => {
+                // The caller only learns of a pair it got back: remove it here.
+                let _ = inner_nl.delete_link(&inner);
+                return Err(e);
+            }
+        }
     }
     Err(BridgeError::NoUniqueVethName)
+}
+
+fn bring_up_host_end(host_nl: &mut Netlink, peer: &str) -> Result<Link, BridgeError> {
+    let host = host_nl
+        .link_by_name(peer)
+        .map_err(|e| BridgeError::kernel(format!("failed to lookup {peer:?}"), e))?
+        .ok_or_else(|| BridgeError::Config(format!("failed to lookup {peer:?}: Link not found")))?;
+    host_nl
+        .set_link_up(&host)
+        .map_err(|e| BridgeError::kernel(format!("failed to set {peer:?} up"), e))?;
+    // Host ends carry no addresses of their own; ignore RAs on them.
+    let _ = sysctl::set(&format!("net/ipv6/conf/{peer}/accept_ra"), "0");
+    Ok(host)
 }
 
 /// Connects the host end to the bridge and applies hairpin, isolation and
