@@ -56,11 +56,11 @@ for backend in iptables nftables; do
         ip -n "$host" link add cni0 type bridge
         ip -n "$host" addr add 10.128.0.1/9 dev cni0
         ip -n "$host" link set cni0 up
-        impls="ours=$OURS"
-        if [[ $backend == iptables && -n $REF ]]; then impls="$impls ref=$REF"; fi
+        impls=("ours=$OURS")
+        if [[ $backend == iptables && -n $REF ]]; then impls+=("ref=$REF"); fi
         info "$backend, $n other containers: populating, then $ITER ADD+DEL per implementation"
         ip netns exec "$host" python3 - "$backend" "$n" "$ITER" "/run/netns/$PREFIX-pod" \
-            "$OURS" "$RESULTS" $impls <<'PY'
+            "$OURS" "$RESULTS" "${impls[@]}" <<'PY'
 import json, os, statistics, sys, time
 
 backend, others, iters, netns, ours, results = sys.argv[1:7]
