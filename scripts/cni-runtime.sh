@@ -38,10 +38,13 @@ jq -e 'type == "object"' <<<"$cap_args" >/dev/null 2>&1 || die "CAP_ARGS is not 
 # --- 1. Find the configuration list called $net --------------------------------------
 # libcni: *.conflist files in lexical order, first one whose "name" matches; failing
 # that, a single-plugin *.conf/*.json file, turned into a list of one.
-conflist=
+conflist='' conflist_file=''
 for f in "$netdir"/*.conflist; do
     [ -f "$f" ] || continue
-    if [ "$(jq -r '.name // empty' "$f")" = "$net" ]; then conflist=$(cat "$f"); break; fi
+    if [ "$(jq -r '.name // empty' "$f")" = "$net" ]; then
+        conflist=$(cat "$f") conflist_file=$f
+        break
+    fi
 done
 if [ -z "$conflist" ]; then
     for f in "$netdir"/*.conf "$netdir"/*.json; do
@@ -133,12 +136,20 @@ add)
     mkdir -p "$cache_dir/results"
     cni_args_pairs=$(jq -cn --arg a "${CNI_ARGS:-}" \
         'if $a == "" then null else [$a | split(";")[] | split("=")] end')
+    # libcni keeps the configuration's bytes as read (base64 in JSON), so a later DEL
+    # could use them even if the file changed.
+    if [ -n "$conflist_file" ]; then
+        conf_b64=$(base64 -w0 "$conflist_file")
+    else
+        conf_b64=$(printf '%s' "$conflist" | base64 -w0)
+    fi
     (umask 077 && jq -cn --arg cid "$container_id" --arg ifn "$ifname" --arg net "$net" \
-        --arg conf "$(printf '%s' "$conflist" | base64 -w0)" --argjson caps "$cap_args" \
+        --arg conf "$conf_b64" --argjson caps "$cap_args" \
         --argjson args "$cni_args_pairs" --argjson result "$prev" \
         '{kind: "cniCacheV1", containerId: $cid, config: $conf, ifName: $ifn,
           networkName: $net} + (if $args then {cniArgs: $args} else {} end)
-         + {capabilityArgs: $caps, result: $result}' >"$cache_file")
+         + (if ($caps | length) > 0 then {capabilityArgs: $caps} else {} end)
+         + {result: $result}' >"$cache_file")
     jq . <<<"$prev"
     ;;
 check)
