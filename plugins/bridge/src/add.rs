@@ -14,6 +14,7 @@ use crate::container;
 use crate::error::BridgeError;
 use crate::gateway::{self, Gateways};
 use crate::masq;
+use crate::portwatch::{LinkEvents, PORT_UP_TIMEOUT};
 use crate::spoofcheck::SpoofCheck;
 use crate::veth::{self, PortOptions};
 
@@ -174,6 +175,13 @@ fn finish<'a>(
         pair,
     } = p;
     veth::attach(host_nl, &pair.host, br, &port_options(conf))?;
+    // Subscribed before the container end goes up, so the port's change to
+    // "up" cannot slip past between our read and our wait.
+    let events = if conf.disable_container_interface {
+        None
+    } else {
+        LinkEvents::subscribe().ok()
+    };
 
     let mut result = CniResult {
         interfaces: vec![
@@ -238,7 +246,7 @@ fn finish<'a>(
 
     let host_now = lookup(host_nl, &pair.host.name)?;
     if !conf.disable_container_interface {
-        wait_port_up(host_nl, host_now.clone())?;
+        wait_port_up(host_nl, host_now.clone(), events)?;
     }
     // The host end's MAC can change after creation; report what it is now.
     result.interfaces[1].mac = host_now.mac.map(|m| m.to_string());
@@ -343,20 +351,36 @@ fn ensure_vlan_gateway(
     lookup(nl, &name)
 }
 
-/// The reference re-reads the port's operational state on a fixed schedule
-/// (0, 50, 500, 1000, 1000 ms). With both ends up the kernel normally
-/// reports UP at once, so look first and only wait when it does not.
-fn wait_port_up(nl: &mut Netlink, mut link: Link) -> Result<(), BridgeError> {
+/// The port must be operationally up before the pod starts. One read
+/// usually says so; otherwise wait for the kernel's notification. Without a
+/// subscription, fall back to the reference's re-read schedule.
+fn wait_port_up(
+    nl: &mut Netlink,
+    link: Link,
+    events: Option<LinkEvents>,
+) -> Result<(), BridgeError> {
     const RETRY_MS: [u64; 4] = [50, 500, 1000, 1000];
     if link.oper_state == OperState::Up {
         return Ok(());
     }
+    if let Some(mut events) = events {
+        if events.wait_up(link.index, PORT_UP_TIMEOUT) {
+            return Ok(());
+        }
+        // Timed out, or notifications were lost: the kernel's word decides.
+        let now = lookup(nl, &link.name)?;
+        return match now.oper_state {
+            OperState::Up => Ok(()),
+            state => Err(BridgeError::PortState(state.to_string())),
+        };
+    }
+    let mut state = link.oper_state;
     for ms in RETRY_MS {
         std::thread::sleep(std::time::Duration::from_millis(ms));
-        link = lookup(nl, &link.name)?;
-        if link.oper_state == OperState::Up {
+        state = lookup(nl, &link.name)?.oper_state;
+        if state == OperState::Up {
             return Ok(());
         }
     }
-    Err(BridgeError::PortState(link.oper_state.to_string()))
+    Err(BridgeError::PortState(state.to_string()))
 }

@@ -11,6 +11,7 @@ mod error;
 mod gateway;
 mod gc;
 mod masq;
+mod portwatch;
 mod spoofcheck;
 mod veth;
 
