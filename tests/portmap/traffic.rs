@@ -165,7 +165,9 @@ fn nftables_host_ip_binds_the_mapping() {
 /// A UDP flow keeps its NAT decision while packets keep coming. Sent before the pod
 /// exists it is pinned to "deliver locally"; sent to a pod that is gone, to that pod.
 /// ADD and DEL delete those entries so the flow follows the current mapping.
-fn stale_udp_flows_follow_the_mapping(backend: &str) {
+/// With `del_mappings` false the DEL comes without `portMappings` (as from `ctr`): the
+/// ports to flush are the ones ADD recorded.
+fn stale_udp_flows_follow_the_mapping(backend: &str, del_mappings: bool) {
     let node = Node::new();
     node.enable_conntrack();
     let client_port = 40_053;
@@ -196,7 +198,11 @@ fn stale_udp_flows_follow_the_mapping(backend: &str) {
     );
 
     // DEL alone must already cut the flow off from the (still running) old pod.
-    node.portmap("DEL", &first, &conf_first).assert_ok();
+    let mut del_first = conf_first.clone();
+    if !del_mappings {
+        del_first.as_object_mut().unwrap().remove("runtimeConfig");
+    }
+    node.portmap("DEL", &first, &del_first).assert_ok();
     assert_eq!(send(NODE_V4), None, "{backend}: v4 flow after DEL");
     assert_eq!(send(NODE_V6), None, "{backend}: v6 flow after DEL");
 
@@ -220,10 +226,20 @@ fn stale_udp_flows_follow_the_mapping(backend: &str) {
 
 #[test]
 fn iptables_stale_udp_flows_follow_the_mapping() {
-    stale_udp_flows_follow_the_mapping("iptables");
+    stale_udp_flows_follow_the_mapping("iptables", true);
 }
 
 #[test]
 fn nftables_stale_udp_flows_follow_the_mapping() {
-    stale_udp_flows_follow_the_mapping("nftables");
+    stale_udp_flows_follow_the_mapping("nftables", true);
+}
+
+#[test]
+fn iptables_stale_udp_flows_end_on_del_without_mappings() {
+    stale_udp_flows_follow_the_mapping("iptables", false);
+}
+
+#[test]
+fn nftables_stale_udp_flows_end_on_del_without_mappings() {
+    stale_udp_flows_follow_the_mapping("nftables", false);
 }

@@ -90,13 +90,21 @@ fn del(req: &Request) -> Result<(), PortmapError> {
         &req.container_id,
         Backend::detect,
     );
+    // The runtime may not resend the mappings; what ADD recorded still names the ports.
+    let mappings = if config.rules.mappings.is_empty() {
+        Registry::for_network(&req.conf.name)
+            .map(|r| r.mappings(&req.container_id))
+            .unwrap_or_default()
+    } else {
+        config.rules.mappings.clone()
+    };
     nat::unforward_ports(config.backend, &req.conf.name, &req.container_id)
         .map_err(PortmapError::nat("could not tear down port mappings"))?;
     forget(&req.conf.name, &req.container_id);
     // The flows DNATed to the departed pod would otherwise keep blackholing the port
     // for the next pod that maps it (plugins#1190).
     for family in [IpFamily::V4, IpFamily::V6] {
-        flush_udp(&config.rules.mappings, family);
+        flush_udp(&mappings, family);
     }
     Ok(())
 }
@@ -146,7 +154,7 @@ fn gc(req: &Request) -> Result<(), PortmapError> {
 /// Best effort: a missing record only means GC will not find this container.
 fn record(config: &Config) {
     let res = Registry::for_network(&config.rules.network)
-        .and_then(|r| r.record(&config.rules.container_id));
+        .and_then(|r| r.record(&config.rules.container_id, &config.rules.mappings));
     if let Err(e) = res {
         eprintln!(
             "portmap: cannot record {} for GC: {e}",

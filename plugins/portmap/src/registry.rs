@@ -7,6 +7,10 @@
 //! `<dir>/<network>/<container ID>` after its rules are in place, DEL removes it, and
 //! GC reads the network's directory.
 //!
+//! A record lists the container's host ports (`<proto> <port> [<host IP>]` per line),
+//! so a DEL that comes without `portMappings` can still flush their UDP conntrack
+//! entries.
+//!
 //! The records live on tmpfs, like the rules they describe: both vanish on reboot.
 //! The directory is keyed by the network namespace the plugin runs in, so nodes
 //! simulated in namespaces (and containers running their own CNI) never see each
@@ -14,8 +18,11 @@
 
 use std::fs;
 use std::io;
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use cni_net::nat::{PortMapping, Proto};
 
 const ROOT: &str = "/run/cni-rs/portmap";
 
@@ -42,9 +49,49 @@ impl Registry {
         }
     }
 
-    pub fn record(&self, container_id: &str) -> io::Result<()> {
+    /// Records (or replaces the record of) a container and its mappings.
+    pub fn record(&self, container_id: &str, mappings: &[PortMapping]) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        fs::write(self.dir.join(container_id), b"")
+        let mut text = String::new();
+        for m in mappings {
+            text.push_str(m.protocol.as_str());
+            text.push(' ');
+            text.push_str(&m.host_port.to_string());
+            if let Some(ip) = m.host_ip {
+                text.push(' ');
+                text.push_str(&ip.to_string());
+            }
+            text.push('\n');
+        }
+        // Written aside and renamed, so a concurrent reader never sees half a record.
+        let tmp = self.dir.join(format!(".{container_id}.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.dir.join(container_id))
+    }
+
+    /// The host ports recorded for a container (container ports are not kept: they
+    /// are not needed to clean up). Empty when there is no record.
+    pub fn mappings(&self, container_id: &str) -> Vec<PortMapping> {
+        let Ok(text) = fs::read_to_string(self.dir.join(container_id)) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let protocol = Proto::parse(words.next()?)?;
+                let host_port = words.next()?.parse().ok()?;
+                let host_ip = match words.next() {
+                    Some(ip) => Some(ip.parse::<IpAddr>().ok()?),
+                    None => None,
+                };
+                Some(PortMapping {
+                    host_port,
+                    container_port: host_port,
+                    protocol,
+                    host_ip,
+                })
+            })
+            .collect()
     }
 
     /// Forgets a container; an absent record is fine. Empty directories go too, so
@@ -72,7 +119,7 @@ impl Registry {
         let mut out = Vec::new();
         for entry in entries {
             let name = entry?.file_name();
-            if let Some(id) = name.to_str() {
+            if let Some(id) = name.to_str().filter(|n| !n.starts_with('.')) {
                 out.push(id.to_string());
             }
         }
@@ -91,11 +138,33 @@ mod tests {
         let a = Registry::at(base.clone(), "net-a");
         let b = Registry::at(base.clone(), "net-b");
         assert!(a.containers().unwrap().is_empty());
-        a.record("c2").unwrap();
-        a.record("c1").unwrap();
-        a.record("c1").unwrap();
-        b.record("c3").unwrap();
+        let udp = PortMapping {
+            host_port: 5353,
+            container_port: 53,
+            protocol: Proto::Udp,
+            host_ip: Some("10.0.0.1".parse().unwrap()),
+        };
+        let tcp = PortMapping {
+            host_port: 80,
+            container_port: 8080,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        };
+        a.record("c2", &[]).unwrap();
+        a.record("c1", &[tcp]).unwrap();
+        a.record("c1", &[udp, tcp]).unwrap();
+        b.record("c3", &[]).unwrap();
         assert_eq!(a.containers().unwrap(), ["c1", "c2"]);
+        let back = a.mappings("c1");
+        assert_eq!(back.len(), 2);
+        assert_eq!((back[0].protocol, back[0].host_port), (Proto::Udp, 5353));
+        assert_eq!(back[0].host_ip, udp.host_ip);
+        assert_eq!(
+            (back[1].protocol, back[1].host_port, back[1].host_ip),
+            (Proto::Tcp, 80, None)
+        );
+        assert!(a.mappings("c2").is_empty());
+        assert!(a.mappings("nope").is_empty());
         assert_eq!(b.containers().unwrap(), ["c3"]);
         a.forget("c1").unwrap();
         a.forget("c1").unwrap();
