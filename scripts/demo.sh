@@ -17,9 +17,9 @@
 #
 # Options:
 #   --prebuilt DIR   use the bridge, host-local and portmap binaries in DIR, do not build
-#   --runtime R      cnitool | script | auto (default): cnitool when it is on PATH or can
-#                    be built with ../shared/tools/build-cnitool.sh, else
-#                    scripts/cni-runtime.sh (bash + jq, doing what libcni does)
+#   --runtime R      cnitool | script | auto (default): cnitool ($CNITOOL, else on PATH,
+#                    else built with ../shared/tools/build-cnitool.sh when that exists),
+#                    failing that scripts/cni-runtime.sh (bash + jq, what libcni does)
 #   -h, --help       this text
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -101,7 +101,9 @@ sed 's/^/      /' "$CONF"
 section "3. The runtime"
 RUNTIME=
 if [ "$runtime_choice" != script ]; then
-    if command -v cnitool >/dev/null; then
+    if [ -n "${CNITOOL:-}" ] && [ -x "$CNITOOL" ]; then
+        RUNTIME=$CNITOOL
+    elif command -v cnitool >/dev/null; then
         RUNTIME=$(command -v cnitool)
     elif [ -f "$ROOT/../shared/tools/build-cnitool.sh" ]; then
         info "cnitool is not on PATH: building it with ../shared/tools/build-cnitool.sh"

@@ -520,6 +520,69 @@ fn script_runtime_and_cnitool_take_over_from_each_other() {
     assert_clean(&node, &[&a, &b], &[&pod_a, &pod_b], Leftovers::None);
 }
 
+/// What scripts/install.sh puts on a node works as installed: the node's own subnet,
+/// through cnitool, from the installed bin and conf directories.
+#[test]
+fn installed_by_install_sh() {
+    let Some(rt) = Runtime::cnitool() else { return };
+    let target = cni_tests::TempDir::new("installed");
+    let (bin, conf) = (target.join("bin"), target.join("net.d"));
+    let out = std::process::Command::new("bash")
+        .arg(workspace_root().join("scripts/install.sh"))
+        .args([
+            "--pod-cidr",
+            "10.244.3.0/24",
+            "--pod-cidr-v6",
+            "fd00:10:244:3::/64",
+        ])
+        .arg("--prebuilt")
+        .arg(cni_tests::bin_dir())
+        .arg("--bin-dir")
+        .arg(&bin)
+        .arg("--conf-dir")
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = Node::with_conflist(&conf.join("10-bridge.conflist"), &bin, rt);
+    let pod_a = Netns::new("pod-a");
+    let pod_b = Netns::new("pod-b");
+    let a = add(&node, &pod_a, Some(MAPPING));
+    let b = add(&node, &pod_b, None);
+    assert!(
+        a.addrs
+            .iter()
+            .chain(&b.addrs)
+            .all(|ip| { in_subnet(*ip, "10.244.3.0/24") || in_subnet(*ip, "fd00:10:244:3::/64") })
+    );
+    for addr in &b.addrs {
+        assert!(pod_a.ping(&addr.to_string()), "pod a cannot ping {addr}");
+    }
+    {
+        let _web = Server::start(pod_a.path(), POD_PORT, "pod-a");
+        expect_answer(
+            &node.ext,
+            sock(NODE_V4, HOST_PORT),
+            "pod-a",
+            "outside to the node",
+        );
+        expect_answer(
+            &node.ext,
+            sock(NODE_V6, HOST_PORT),
+            "pod-a",
+            "outside over v6",
+        );
+    }
+    del(&node, pod_a.path(), Some(MAPPING));
+    del(&node, pod_b.path(), None);
+    assert_clean(&node, &[&a, &b], &[&pod_a, &pod_b], Leftovers::None);
+}
+
 #[test]
 fn every_conflist_in_conf_is_tested() {
     let mut found: Vec<String> = std::fs::read_dir(workspace_root().join("conf"))

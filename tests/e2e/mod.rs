@@ -231,17 +231,33 @@ pub struct Node {
     runtime: Runtime,
     state: TempDir,
     confdir: TempDir,
-    cni_path: TempDir,
+    cni_path: PathBuf,
+    /// The symlink directory behind `cni_path`, when the test made one.
+    _cni_path_dir: Option<TempDir>,
 }
 
 impl Node {
     /// `conf` is a file name in conf/, copied verbatim into the node's NETCONFPATH.
     pub fn new(conf: &str, plugins: Plugins, runtime: Runtime) -> Node {
-        let source = workspace_root().join("conf").join(conf);
-        let net = Network::load(&source);
+        let dir = plugins.directory();
+        let mut node = Node::with_conflist(
+            &workspace_root().join("conf").join(conf),
+            dir.path(),
+            runtime,
+        );
+        node.plugins = plugins;
+        node._cni_path_dir = Some(dir);
+        node
+    }
+
+    /// A node running the conflist `file` (copied verbatim) with the plugins in
+    /// `cni_path`, e.g. what scripts/install.sh installed.
+    pub fn with_conflist(file: &Path, cni_path: &Path, runtime: Runtime) -> Node {
+        let net = Network::load(file);
         let confdir = TempDir::new("netconf");
-        std::fs::copy(&source, confdir.join(conf))
-            .unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+        let name = file.file_name().expect("a file name");
+        std::fs::copy(file, confdir.join(name))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
         let host = Host::new();
         let ext = Netns::new("ext");
         ext.lo_up();
@@ -270,18 +286,21 @@ impl Node {
             host,
             ext,
             net,
-            plugins,
+            plugins: Plugins::Ours,
             runtime,
             state: TempDir::new("cnistate"),
             confdir,
-            cni_path: plugins.directory(),
+            cni_path: cni_path.to_path_buf(),
+            _cni_path_dir: None,
         }
     }
 
     /// Puts another set of binaries in CNI_PATH (e.g. DEL by the reference plugins of
     /// what ours added).
     pub fn switch_plugins(&mut self, plugins: Plugins) {
-        self.cni_path = plugins.directory();
+        let dir = plugins.directory();
+        self.cni_path = dir.path().to_path_buf();
+        self._cni_path_dir = Some(dir);
         self.plugins = plugins;
     }
 
@@ -308,7 +327,7 @@ impl Node {
             }
         }
         cmd.env("NETCONFPATH", self.confdir.path())
-            .env("CNI_PATH", self.cni_path.path())
+            .env("CNI_PATH", &self.cni_path)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_ARGS", K8S_ARGS);
         if let Some(caps) = cap_args {
@@ -319,7 +338,7 @@ impl Node {
             cap_args
                 .map(|c| format!("CAP_ARGS='{c}' "))
                 .unwrap_or_default(),
-            self.cni_path.path().display(),
+            self.cni_path.display(),
             self.plugins,
             program.display(),
             self.net.name,
