@@ -9,6 +9,7 @@
 #   CNITOOL=path      use this cnitool (empty: skip cnitool-based tests)
 #   TEST_THREADS=N    parallel tests per test binary (default: cargo's, the core count)
 #   TEST_RELEASE=1    build the tests themselves in release mode too (slower to build)
+#   BENCH=0           skip the closing benchmark smoke run (scripts/bench.sh --quick)
 # Everything the tests create lives in network namespaces they make and remove
 # themselves; the machine's own interfaces, routes and firewall are never touched.
 set -euo pipefail
@@ -100,6 +101,15 @@ if [ "$SWEPT" -gt 0 ]; then
     warn "$SWEPT namespace(s) or temp dir(s) were left by the tests (removed now): a test does not clean up"
 else
     info "nothing left behind"
+fi
+
+section "Benchmark smoke run"
+# Keeps scripts/bench.sh working (no timing is judged here): a few pods of ours against
+# the reference, each in private namespaces. BENCH=0 skips it.
+if [ "${BENCH:-1}" = 1 ]; then
+    OURS_DIR=$CNI_BIN_DIR "$ROOT/scripts/bench.sh" --quick || die "scripts/bench.sh --quick failed"
+else
+    info "BENCH=0: skipped"
 fi
 
 section "All tests passed"
