@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # private-cni-state.sh STATE_DIR CMD [ARG...]
 #
-# Runs CMD in a private mount namespace in which STATE_DIR is mounted on /var/lib/cni.
-# libcni/cnitool keep their result cache in /var/lib/cni/results and host-local keeps its
-# reservations in /var/lib/cni/networks by default, so this lets the demo and the tests
-# run conflists verbatim (no dataDir rewritten) while the machine's own /var/lib/cni
-# stays untouched: nothing is mounted or written outside STATE_DIR, and the mounts vanish
-# with CMD. Run it once per call; STATE_DIR carries the state from one call to the next.
+# Runs CMD in a private mount namespace in which the CNI state directories of the node
+# are subdirectories of STATE_DIR:
+#   /var/lib/cni   <- STATE_DIR          libcni/cnitool's result cache (results/) and
+#                                         host-local's default dataDir (networks/)
+#   /run/cni-rs    <- STATE_DIR/run      our plugins' runtime state: the NAT lock and
+#                                         portmap's records of mapped host ports
+# so the demo and the tests run conflists verbatim (no dataDir rewritten) while the
+# machine's own state stays untouched: nothing is written outside STATE_DIR, and the
+# mounts vanish with CMD. Run it once per call; STATE_DIR carries the state from one
+# call to the next.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: ${0##*/} STATE_DIR CMD [ARG...]" >&2; exit 2; }
 if [ "${_PRIVATE_CNI_STATE:-}" != "$$" ]; then
@@ -25,4 +29,19 @@ if [ ! -d /var/lib/cni ]; then
     mkdir /var/lib/cni
 fi
 mount --bind -- "$state" /var/lib/cni
-exec "$@"
+
+# /run is a tmpfs shared with the machine, so a missing mount point is made for the
+# duration of CMD and removed after it, unless another call still uses it (retried: a
+# parallel call may remove it between our mkdir and mount).
+mkdir -p -- "$state/run"
+made_run=0
+for _ in 1 2 3 4 5; do
+    if mkdir /run/cni-rs 2>/dev/null; then made_run=1; fi
+    if mount --bind -- "$state/run" /run/cni-rs 2>/dev/null; then break; fi
+done
+mountpoint -q /run/cni-rs || { echo "${0##*/}: cannot mount $state/run on /run/cni-rs" >&2; exit 1; }
+status=0
+"$@" || status=$?
+umount /run/cni-rs 2>/dev/null || true
+if [ "$made_run" = 1 ]; then rmdir /run/cni-rs 2>/dev/null || true; fi
+exit "$status"

@@ -367,6 +367,18 @@ impl Node {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
     }
 
+    /// Container IDs our portmap keeps a record of (its GC bookkeeping under
+    /// /run/cni-rs/portmap/<node netns>/<network>/, private to this node's state dir).
+    pub fn portmap_records(&self) -> Vec<String> {
+        let base = self.state.join("run").join("portmap");
+        let mut out = Vec::new();
+        for ns in list(&base) {
+            out.extend(list(&base.join(ns).join(&self.net.name)));
+        }
+        out.sort();
+        out
+    }
+
     /// host-local reservations: files of the network's store named after an address,
     /// with their content.
     pub fn reservations(&self) -> Vec<(IpAddr, String)> {
