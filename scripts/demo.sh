@@ -124,6 +124,9 @@ else
     say "cnitool ($RUNTIME), the CNI project's command-line runtime (libcni)."
 fi
 RT_NAME=${RUNTIME##*/}
+say "For each pod it runs the plugins of the list in order (bridge, which asks host-local" \
+    "for an address, then portmap with the bridge's result), inside the node namespace," \
+    "the way containerd or CRI-O do on a real node; DEL runs them in reverse order."
 
 # show_nat: the node's NAT table, without iptables-save's timestamp comments.
 show_nat() {
@@ -180,13 +183,20 @@ serve() {
     done
     fail "the server in $1 did not start listening on port $2"
 }
-# request NS HOST PORT: one TCP request from NS, bounded by timeouts.
+# request NS HOST PORT: one TCP request from NS (three tries: a first ARP round may be
+# lost), each bounded by timeouts.
 request() {
-    local out
+    local out='' ok=0 _
     printf '    $ ip netns exec %s socat - TCP:%s:%s\n' "$1" "$2" "$3"
-    out=$(inns "$1" timeout 10 socat -t5 -T5 - "TCP:$2:$3,connect-timeout=3" </dev/null 2>&1) ||
-        fail "no answer from $2:$3 in $1: $out"
-    [ -n "$out" ] || fail "empty answer from $2:$3 in $1"
+    for _ in 1 2 3; do
+        if out=$(inns "$1" timeout 10 socat -t5 -T5 - "TCP:$2:$3,connect-timeout=3" </dev/null 2>&1) &&
+            [ -n "$out" ]; then
+            ok=1
+            break
+        fi
+        sleep 0.5
+    done
+    [ "$ok" = 1 ] || fail "no answer from $2:$3 in $1: $out"
     printf '      %s\n' "$out"
     REPLY_TEXT=$out
 }
