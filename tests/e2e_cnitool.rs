@@ -343,13 +343,9 @@ fn cnitool_dualstack_conflist() {
     full_flow("10-bridge-dualstack.conflist", Plugins::Ours, rt);
 }
 
-/// OPEN: fails while conf/10-bridge-nftables.conflist says `"cniVersion": "1.1.0"`:
-/// runtimes built on libcni 1.1 (Debian's cnitool 1.1.2, containerd 1.7) cannot read a
-/// 1.1.0 result (`plugin type="bridge" failed (add): unsupported CNI result version
-/// "1.1.0"`). The fix is in the conflist, not here: `"cniVersion": "1.0.0"` plus
-/// `"cniVersions": ["1.0.0", "1.1.0"]` works with both old and new runtimes (libcni 1.2+
-/// picks 1.1.0 from cniVersions). The same conflist passes verbatim through
-/// scripts/cni-runtime.sh (`script_runtime_nftables_conflist`).
+/// The conflists stay at cniVersion 1.0.0: runtimes built on libcni 1.1 (Debian's
+/// cnitool, containerd 1.7) cannot read a 1.1.0 result (`unsupported CNI result version
+/// "1.1.0"`), which is what this test caught when the nftables variant said 1.1.0.
 #[test]
 fn cnitool_nftables_conflist() {
     let Some(rt) = Runtime::cnitool() else { return };
