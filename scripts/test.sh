@@ -20,7 +20,7 @@ cd "$ROOT"
 
 section "System packages"
 ensure_packages iproute2 iptables nftables containernetworking-plugins iputils-ping \
-    netcat-openbsd conntrack procps
+    netcat-openbsd socat jq conntrack procps
 
 section "cnitool"
 if [ -n "${CNITOOL+set}" ]; then
