@@ -40,7 +40,9 @@ mod iptables;
 pub mod masq;
 pub mod names;
 mod nftables;
+mod nftnl;
 pub mod portmap;
+mod portmap_direct;
 mod tools;
 
 #[cfg(test)]

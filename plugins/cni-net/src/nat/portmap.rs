@@ -17,7 +17,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
-use super::{Backend, IpFamily, iptables, names, nftables, tools};
+use super::nftnl::Nftnl;
+use super::{Backend, IpFamily, iptables, names, nftables, portmap_direct, tools};
 
 /// Transport protocol of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -155,8 +156,18 @@ pub fn forward_ports(
     let _lock = tools::lock()?;
     match backend {
         Backend::Iptables => {
+            let mut nl = Nftnl::open().ok();
             for target in targets {
                 let family = IpFamily::of(target.ip());
+                if portmap_direct::iptables_is_nft(family)
+                    && let Some(nl) = nl.as_mut()
+                    && matches!(
+                        portmap_direct::iptables_forward_new(nl, config, target),
+                        Ok(true)
+                    )
+                {
+                    continue;
+                }
                 iptables::transact(family, |saved| {
                     iptables::portmap::render_forward(saved, config, target)
                 })
@@ -216,11 +227,21 @@ pub fn unforward_ports(
         Backend::Iptables => {
             let mut errors = Vec::new();
             let mut usable = 0;
+            let mut nl = Nftnl::open().ok();
             for family in [IpFamily::V4, IpFamily::V6] {
                 if !family.enabled() || !iptables::available(family) {
                     continue;
                 }
                 usable += 1;
+                if portmap_direct::iptables_is_nft(family)
+                    && let Some(nl) = nl.as_mut()
+                    && matches!(
+                        portmap_direct::iptables_unforward(nl, family, network, container_id),
+                        Ok(true)
+                    )
+                {
+                    continue;
+                }
                 if let Err(e) = iptables::transact(family, |saved| {
                     iptables::portmap::render_unforward(saved, network, container_id)
                 }) {
@@ -234,9 +255,22 @@ pub fn unforward_ports(
             }
             NatError::collect(errors)
         }
-        Backend::Nftables => nftables::portmap::unforward(container_id).map_err(|e| {
-            e.context(|| format!("tear down port mappings (nftables) for {container_id}"))
-        }),
+        Backend::Nftables => {
+            let direct = Nftnl::open().and_then(|mut nl| {
+                for family in [IpFamily::V4, IpFamily::V6] {
+                    if family.enabled() {
+                        portmap_direct::nft_unforward(&mut nl, family, container_id)?;
+                    }
+                }
+                Ok(())
+            });
+            if direct.is_ok() {
+                return Ok(());
+            }
+            nftables::portmap::unforward(container_id).map_err(|e| {
+                e.context(|| format!("tear down port mappings (nftables) for {container_id}"))
+            })
+        }
     }
 }
 

@@ -216,6 +216,23 @@ pub(crate) fn render_forward(
     Some(script)
 }
 
+/// Script for a container whose chain does not exist yet, on a node whose skeleton is
+/// known to be in place: `-N` the chain (failing the commit if it exists after all),
+/// fill it, append its entries. No saved table needed.
+pub(crate) fn render_new_container(config: &PortMapConfig, container: IpNetwork) -> Script {
+    let family = IpFamily::of(container.ip());
+    let chain = names::dnat_chain(&config.network, &config.container_id);
+    let mut script = Script::new();
+    script.create(&chain);
+    for rule in chain_rules(config, container) {
+        script.append(&rule);
+    }
+    for entry in entry_rules(config) {
+        script.append(&entry.words(config.conditions(family)).jump(&chain));
+    }
+    script
+}
+
 /// Removes the container chain (and the pre-0.7 SNAT chain) with all jumps to them.
 pub(crate) fn render_unforward(
     saved: &SavedTable,

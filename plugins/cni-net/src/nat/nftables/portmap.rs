@@ -14,7 +14,9 @@ use crate::nat::names::{
     NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN, NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN,
     NFT_PREROUTING_CHAIN,
 };
+use crate::nat::nftnl::Nftnl;
 use crate::nat::portmap::PortMapConfig;
+use crate::nat::portmap_direct;
 
 fn family_name(family: IpFamily) -> &'static str {
     match family {
@@ -135,8 +137,16 @@ pub(crate) fn forward(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(
     transact(|| {
         let mut script = String::new();
         for target in targets {
-            let family = family_name(IpFamily::of(target.ip()));
-            let rules = list_table(family, NFT_HOSTPORT_TABLE)?;
+            let ip_family = IpFamily::of(target.ip());
+            let family = family_name(ip_family);
+            // The kernel lists just the container's chains, far cheaper than `nft -j`
+            // printing the whole table; the tool stays as the fallback.
+            let rules = match Nftnl::open().and_then(|mut nl| {
+                portmap_direct::nft_container_rules(&mut nl, ip_family, &config.container_id)
+            }) {
+                Ok(rules) => rules,
+                Err(_) => list_table(family, NFT_HOSTPORT_TABLE)?,
+            };
             let stale = container_rules(&rules, &config.container_id);
             script.push_str(&render_forward(&stale, config, *target));
         }

@@ -1,0 +1,218 @@
+//! portmap's common cases without reading the whole ruleset.
+//!
+//! Reading the full nat table (`iptables-save`) or the whole `cni_hostport` table
+//! (`nft -j list`) costs time in proportion to every other container on the node. The
+//! common cases need far less:
+//! - DEL: the container's rules are found in the kernel through [`nftnl`] (one chain's
+//!   rules each) and deleted by handle in one netlink batch — no process at all;
+//! - iptables ADD of a new container on a node whose skeleton is in place: one
+//!   `iptables-restore` that creates the container chain (`-N`, so an existing one
+//!   fails the commit) and appends its entries, after a netlink look at the few small
+//!   shared chains;
+//! - nftables ADD: the container's stale rules are listed through netlink.
+//!
+//! Anything unusual — iptables-legacy, a missing or partial skeleton, a re-ADD, a chain
+//! still referenced elsewhere, old SNAT chains, any netlink error — answers "not
+//! handled" and the caller takes the general path (save, decide, restore).
+
+use std::io;
+use std::path::Path;
+
+use ipnetwork::IpNetwork;
+
+use super::IpFamily;
+use super::iptables;
+use super::names::{
+    self, HOSTPORT_DNAT_CHAIN, HOSTPORT_MASQ_CHAIN, HOSTPORT_SETMARK_CHAIN,
+    NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORTS_CHAIN, NFT_MASQUERADING_CHAIN,
+};
+use super::nftables::NftRule;
+use super::nftnl::{KernelRule, Nftnl, Op};
+use super::portmap::PortMapConfig;
+use super::tools::Tool;
+
+/// iptables-nft keeps its nat table in nf_tables under this name.
+const IPT_NAT_TABLE: &str = "nat";
+
+/// The nftables chains holding per-container rules.
+const NFT_CONTAINER_CHAINS: [&str; 3] = [
+    NFT_HOSTPORTS_CHAIN,
+    NFT_HOSTIP_HOSTPORTS_CHAIN,
+    NFT_MASQUERADING_CHAIN,
+];
+
+/// Whether this family's iptables tools are the nf_tables flavour (whose rules we can
+/// see through netlink); iptables-legacy keeps them where only its own tools look.
+pub(crate) fn iptables_is_nft(family: IpFamily) -> bool {
+    let tools = match family {
+        IpFamily::V4 => [Tool::IptablesSave, Tool::IptablesRestore],
+        IpFamily::V6 => [Tool::Ip6tablesSave, Tool::Ip6tablesRestore],
+    };
+    tools.iter().all(|tool| {
+        tool.path()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .is_some_and(|real| is_nft_multi(&real))
+    })
+}
+
+fn is_nft_multi(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("xtables-nft"))
+}
+
+/// DEL of one container's iptables rules in one family. `Ok(true)`: done (possibly
+/// nothing was there); `Ok(false)`: needs the general path.
+pub(crate) fn iptables_unforward(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    network: &str,
+    container_id: &str,
+) -> io::Result<bool> {
+    let chain = names::dnat_chain(network, container_id);
+    // Chains of portmap before 0.7 are rare enough to leave to the general path.
+    if nl.chain_exists(
+        family,
+        IPT_NAT_TABLE,
+        &names::old_snat_chain(network, container_id),
+    )? {
+        return Ok(false);
+    }
+    let exists = nl.chain_exists(family, IPT_NAT_TABLE, &chain)?;
+    let entries: Vec<KernelRule> = nl
+        .rules(family, IPT_NAT_TABLE, HOSTPORT_DNAT_CHAIN)?
+        .into_iter()
+        .filter(|r| r.jumps.contains(&chain))
+        .collect();
+    let mut ops: Vec<Op> = entries
+        .iter()
+        .map(|r| Op::DeleteRule {
+            chain: HOSTPORT_DNAT_CHAIN.to_string(),
+            handle: r.handle,
+        })
+        .collect();
+    if exists {
+        ops.push(Op::FlushChain {
+            chain: chain.clone(),
+        });
+        // Fails (and voids the batch) if anything else still jumps here.
+        ops.push(Op::DeleteChain { chain });
+    }
+    nl.commit(family, IPT_NAT_TABLE, &ops)?;
+    Ok(true)
+}
+
+/// The container's rules in the `cni_hostport` table of `family`.
+pub(crate) fn nft_container_rules(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    container_id: &str,
+) -> io::Result<Vec<NftRule>> {
+    let family_name = match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    };
+    let mut out = Vec::new();
+    for chain in NFT_CONTAINER_CHAINS {
+        for rule in nl.rules(family, NFT_HOSTPORT_TABLE, chain)? {
+            if rule.comment.as_deref() == Some(container_id) {
+                out.push(NftRule {
+                    family: family_name.to_string(),
+                    table: NFT_HOSTPORT_TABLE.to_string(),
+                    chain: chain.to_string(),
+                    handle: rule.handle,
+                    comment: rule.comment,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// DEL of one container's nftables rules in one family.
+pub(crate) fn nft_unforward(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    container_id: &str,
+) -> io::Result<()> {
+    let ops: Vec<Op> = nft_container_rules(nl, family, container_id)?
+        .into_iter()
+        .map(|r| Op::DeleteRule {
+            chain: r.chain,
+            handle: r.handle,
+        })
+        .collect();
+    nl.commit(family, NFT_HOSTPORT_TABLE, &ops)
+}
+
+/// ADD of a container that has no chain yet, on a node whose skeleton is complete.
+/// `Ok(false)`: the general path must do it.
+pub(crate) fn iptables_forward_new(
+    nl: &mut Nftnl,
+    config: &PortMapConfig,
+    container: IpNetwork,
+) -> io::Result<bool> {
+    let family = IpFamily::of(container.ip());
+    let chain = names::dnat_chain(&config.network, &config.container_id);
+    if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? || !skeleton_ready(nl, family, config)? {
+        return Ok(false);
+    }
+    let script = iptables::portmap::render_new_container(config, container);
+    // A failed commit (someone created the chain meanwhile, the skeleton went away)
+    // changed nothing: the general path sorts it out.
+    Ok(iptables::restore(family, &script).is_ok())
+}
+
+/// The shared chains and jumps the general path would create are all there.
+fn skeleton_ready(nl: &mut Nftnl, family: IpFamily, config: &PortMapConfig) -> io::Result<bool> {
+    let jumps_to = |rules: &[KernelRule], target: &str| {
+        rules.iter().any(|r| r.jumps.iter().any(|j| j == target))
+    };
+    for from in ["PREROUTING", "OUTPUT"] {
+        if !jumps_to(&nl.rules(family, IPT_NAT_TABLE, from)?, HOSTPORT_DNAT_CHAIN) {
+            return Ok(false);
+        }
+    }
+    if config.snat && config.external_set_mark_chain.is_none() {
+        if !jumps_to(
+            &nl.rules(family, IPT_NAT_TABLE, "POSTROUTING")?,
+            HOSTPORT_MASQ_CHAIN,
+        ) {
+            return Ok(false);
+        }
+        // The mark is kernel data in host byte order inside the rules' expressions.
+        let mark = (1u32 << u32::from(config.mark_masq_bit.min(31))).to_ne_bytes();
+        for shared in [HOSTPORT_SETMARK_CHAIN, HOSTPORT_MASQ_CHAIN] {
+            let rules = nl.rules(family, IPT_NAT_TABLE, shared)?;
+            if !rules.iter().any(|r| contains(&r.exprs, &mark)) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_the_nft_multicall_binary() {
+        assert!(is_nft_multi(Path::new("/usr/sbin/xtables-nft-multi")));
+        assert!(!is_nft_multi(Path::new("/usr/sbin/xtables-legacy-multi")));
+        assert!(!is_nft_multi(Path::new("/usr/sbin/iptables")));
+    }
+
+    #[test]
+    fn byte_search() {
+        assert!(contains(
+            &[1, 2, 3, 4, 0, 32, 0, 0],
+            &0x2000u32.to_le_bytes()
+        ));
+        assert!(!contains(&[1, 2], &0x2000u32.to_le_bytes()));
+    }
+}
