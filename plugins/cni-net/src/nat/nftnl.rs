@@ -379,6 +379,14 @@ fn parse_rule(payload: &[u8], table: &str, chain: &str) -> Option<KernelRule> {
     (in_table && in_chain).then_some(rule)
 }
 
+/// The expression names of a rule, in order (`fib`, `cmp`, `immediate`, ...).
+pub(crate) fn expr_names(exprs: &[u8]) -> Vec<String> {
+    attributes(exprs)
+        .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
+        .filter_map(|(_, elem)| find(elem, NFTA_EXPR_NAME).and_then(c_string))
+        .collect()
+}
+
 /// Chains named by `jump`/`goto` verdicts of `immediate` expressions.
 fn jump_targets(exprs: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
@@ -493,6 +501,7 @@ mod tests {
             &udata,
         );
         let rule = parse_rule(&p, "nat", "CNI-HOSTPORT-DNAT").unwrap();
+        assert_eq!(expr_names(&rule.exprs), ["counter", "immediate"]);
         assert_eq!(rule.handle, 42);
         assert_eq!(rule.comment.as_deref(), Some("c-12"));
         assert_eq!(rule.jumps, ["CNI-DN-abc"]);

@@ -24,10 +24,11 @@ use super::IpFamily;
 use super::iptables;
 use super::names::{
     self, HOSTPORT_DNAT_CHAIN, HOSTPORT_MASQ_CHAIN, HOSTPORT_SETMARK_CHAIN,
-    NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORTS_CHAIN, NFT_MASQUERADING_CHAIN,
+    NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN,
+    NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN, NFT_PREROUTING_CHAIN,
 };
 use super::nftables::NftRule;
-use super::nftnl::{KernelRule, Nftnl, Op};
+use super::nftnl::{KernelRule, Nftnl, Op, expr_names};
 use super::portmap::PortMapConfig;
 use super::tools::Tool;
 
@@ -143,6 +144,51 @@ pub(crate) fn nft_unforward(
         })
         .collect();
     nl.commit(family, NFT_HOSTPORT_TABLE, &ops)
+}
+
+/// Whether the `cni_hostport` skeleton of `family` is exactly what an ADD without
+/// conditions would rebuild: the regular chains, `hostports_all` jumping to both,
+/// `prerouting` and `output` each holding the one `fib daddr type local jump
+/// hostports_all` rule, and `masquerading` when `snat`.
+pub(crate) fn nft_skeleton_ready(nl: &mut Nftnl, family: IpFamily, snat: bool) -> io::Result<bool> {
+    let t = NFT_HOSTPORT_TABLE;
+    let mut needed = vec![NFT_HOSTPORTS_CHAIN, NFT_HOSTIP_HOSTPORTS_CHAIN];
+    if snat {
+        needed.push(NFT_MASQUERADING_CHAIN);
+    }
+    for chain in needed {
+        if !nl.chain_exists(family, t, chain)? {
+            return Ok(false);
+        }
+    }
+    let shape = |rules: &[KernelRule]| -> Vec<(Vec<String>, Vec<String>)> {
+        rules
+            .iter()
+            .map(|r| (expr_names(&r.exprs), r.jumps.clone()))
+            .collect()
+    };
+    let words = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let all = shape(&nl.rules(family, t, NFT_HOSTPORTS_ALL_CHAIN)?);
+    if all
+        != [
+            (words(&["immediate"]), words(&[NFT_HOSTIP_HOSTPORTS_CHAIN])),
+            (words(&["immediate"]), words(&[NFT_HOSTPORTS_CHAIN])),
+        ]
+    {
+        return Ok(false);
+    }
+    for hook in [NFT_PREROUTING_CHAIN, NFT_OUTPUT_CHAIN] {
+        let rules = shape(&nl.rules(family, t, hook)?);
+        if rules
+            != [(
+                words(&["fib", "cmp", "immediate"]),
+                words(&[NFT_HOSTPORTS_ALL_CHAIN]),
+            )]
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// ADD of a container that has no chain yet, on a node whose skeleton is complete.

@@ -48,12 +48,25 @@ pub(crate) fn container_rules<'a>(rules: &'a [NftRule], container_id: &str) -> V
         .collect()
 }
 
-/// The transaction for one family: the skeleton (created if missing, the jump chains
-/// rebuilt), the container's stale rules deleted, its rules added.
+/// [`render`] with the skeleton, as a first ADD on a node commits it.
+#[cfg(test)]
 pub(crate) fn render_forward(
     stale: &[&NftRule],
     config: &PortMapConfig,
     container: IpNetwork,
+) -> String {
+    render(stale, config, container, true)
+}
+
+/// The transaction for one family: the skeleton (created if missing, the jump chains
+/// rebuilt), the container's stale rules deleted, its rules added. The skeleton is
+/// left out when `with_skeleton` is false because it was found complete: rebuilding its
+/// base chains is most of an ADD's kernel time.
+fn render(
+    stale: &[&NftRule],
+    config: &PortMapConfig,
+    container: IpNetwork,
+    with_skeleton: bool,
 ) -> String {
     let family = IpFamily::of(container.ip());
     let ip_x = family_name(family);
@@ -68,36 +81,38 @@ pub(crate) fn render_forward(
         out.push_str(&s);
         out.push('\n');
     };
-    line(format!(
-        "add table {t} {{ comment {} ; }}",
-        quote(NFT_HOSTPORT_TABLE_COMMENT)
-    ));
-    line(format!("add chain {t} {NFT_HOSTPORTS_CHAIN}"));
-    line(format!("add chain {t} {NFT_HOSTIP_HOSTPORTS_CHAIN}"));
-    line(format!("add chain {t} {NFT_HOSTPORTS_ALL_CHAIN}"));
-    line(format!("flush chain {t} {NFT_HOSTPORTS_ALL_CHAIN}"));
-    line(format!(
-        "add rule {t} {NFT_HOSTPORTS_ALL_CHAIN} jump {NFT_HOSTIP_HOSTPORTS_CHAIN}"
-    ));
-    line(format!(
-        "add rule {t} {NFT_HOSTPORTS_ALL_CHAIN} jump {NFT_HOSTPORTS_CHAIN}"
-    ));
-    for (chain, hook) in [
-        (NFT_PREROUTING_CHAIN, "prerouting"),
-        (NFT_OUTPUT_CHAIN, "output"),
-    ] {
+    if with_skeleton {
         line(format!(
-            "add chain {t} {chain} {{ type nat hook {hook} priority -100 ; }}"
+            "add table {t} {{ comment {} ; }}",
+            quote(NFT_HOSTPORT_TABLE_COMMENT)
         ));
-        line(format!("flush chain {t} {chain}"));
+        line(format!("add chain {t} {NFT_HOSTPORTS_CHAIN}"));
+        line(format!("add chain {t} {NFT_HOSTIP_HOSTPORTS_CHAIN}"));
+        line(format!("add chain {t} {NFT_HOSTPORTS_ALL_CHAIN}"));
+        line(format!("flush chain {t} {NFT_HOSTPORTS_ALL_CHAIN}"));
         line(format!(
-            "add rule {t} {chain} {conditions}fib daddr type local jump {NFT_HOSTPORTS_ALL_CHAIN}"
+            "add rule {t} {NFT_HOSTPORTS_ALL_CHAIN} jump {NFT_HOSTIP_HOSTPORTS_CHAIN}"
         ));
-    }
-    if config.snat {
         line(format!(
-            "add chain {t} {NFT_MASQUERADING_CHAIN} {{ type nat hook postrouting priority 100 ; }}"
+            "add rule {t} {NFT_HOSTPORTS_ALL_CHAIN} jump {NFT_HOSTPORTS_CHAIN}"
         ));
+        for (chain, hook) in [
+            (NFT_PREROUTING_CHAIN, "prerouting"),
+            (NFT_OUTPUT_CHAIN, "output"),
+        ] {
+            line(format!(
+                "add chain {t} {chain} {{ type nat hook {hook} priority -100 ; }}"
+            ));
+            line(format!("flush chain {t} {chain}"));
+            line(format!(
+                "add rule {t} {chain} {conditions}fib daddr type local jump {NFT_HOSTPORTS_ALL_CHAIN}"
+            ));
+        }
+        if config.snat {
+            line(format!(
+                "add chain {t} {NFT_MASQUERADING_CHAIN} {{ type nat hook postrouting priority 100 ; }}"
+            ));
+        }
     }
     for rule in stale {
         line(rule.delete_command());
@@ -141,14 +156,19 @@ pub(crate) fn forward(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(
             let family = family_name(ip_family);
             // The kernel lists just the container's chains, far cheaper than `nft -j`
             // printing the whole table; the tool stays as the fallback.
-            let rules = match Nftnl::open().and_then(|mut nl| {
-                portmap_direct::nft_container_rules(&mut nl, ip_family, &config.container_id)
-            }) {
-                Ok(rules) => rules,
-                Err(_) => list_table(family, NFT_HOSTPORT_TABLE)?,
+            let direct = Nftnl::open().and_then(|mut nl| {
+                let rules =
+                    portmap_direct::nft_container_rules(&mut nl, ip_family, &config.container_id)?;
+                let ready = config.conditions(ip_family).is_empty()
+                    && portmap_direct::nft_skeleton_ready(&mut nl, ip_family, config.snat)?;
+                Ok((rules, ready))
+            });
+            let (rules, skeleton_ready) = match direct {
+                Ok(found) => found,
+                Err(_) => (list_table(family, NFT_HOSTPORT_TABLE)?, false),
             };
             let stale = container_rules(&rules, &config.container_id);
-            script.push_str(&render_forward(&stale, config, *target));
+            script.push_str(&render(&stale, config, *target, !skeleton_ready));
         }
         Ok(Some(script))
     })
