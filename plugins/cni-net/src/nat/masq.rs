@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
-use super::{Backend, IpFamily, iptables, nftables, tools};
+use super::nftnl::Nftnl;
+use super::{Backend, IpFamily, iptables, masq_direct, nftables, tools};
 
 /// One entry of `cni.dev/valid-attachments`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,6 +34,8 @@ pub fn setup_masq(
     let _lock = tools::lock()?;
     match backend {
         Backend::Iptables => {
+            // Netlink only spares work: without it, everything takes the general path.
+            let mut nl = Nftnl::open().ok();
             for family in [IpFamily::V4, IpFamily::V6] {
                 let nets: Vec<IpNetwork> = ips
                     .iter()
@@ -41,6 +44,24 @@ pub fn setup_masq(
                     .collect();
                 if nets.is_empty() {
                     continue;
+                }
+                let new_chain = nl.as_mut().and_then(|nl| {
+                    masq_direct::iptables_setup_new(nl, family, network, container_id, &nets)
+                        .ok()
+                        .flatten()
+                });
+                if let Some(script) = new_chain {
+                    match iptables::restore(family, &script) {
+                        Ok(()) => continue,
+                        // The chain appeared since we looked (`-N` failed): decide from
+                        // the saved table instead.
+                        Err(NatError::ToolFailed { .. }) => {}
+                        Err(e) => {
+                            return Err(e.context(|| {
+                                format!("set up ipMasq ({family}) for {container_id}")
+                            }));
+                        }
+                    }
                 }
                 iptables::transact(family, |saved| {
                     iptables::masq::render_setup(saved, network, container_id, &nets)
@@ -68,8 +89,14 @@ pub fn setup_masq(
 pub fn teardown_masq(network: &str, ifname: &str, container_id: &str) -> Result<(), NatError> {
     let _lock = tools::lock()?;
     let mut errors = Vec::new();
+    let mut nl = Nftnl::open().ok();
     for family in [IpFamily::V4, IpFamily::V6] {
         if !family.enabled() || !iptables::available(family) {
+            continue;
+        }
+        if let Some(nl) = nl.as_mut()
+            && let Ok(true) = masq_direct::iptables_teardown(nl, family, network, container_id)
+        {
             continue;
         }
         if let Err(e) = iptables::transact(family, |saved| {

@@ -38,6 +38,7 @@ pub mod conntrack;
 mod error;
 mod iptables;
 pub mod masq;
+mod masq_direct;
 pub mod names;
 mod nftables;
 mod nftnl;

@@ -106,6 +106,22 @@ pub(crate) fn render_setup(
     Some(script)
 }
 
+/// Script that creates this container's masquerading from nothing: for a chain known
+/// to be absent, so it is made with `-N` (a concurrent creator fails the commit rather
+/// than being flushed) and no saved table is needed.
+pub(crate) fn render_new(network: &str, container_id: &str, nets: &[IpNetwork]) -> Option<Script> {
+    if nets.is_empty() {
+        return None;
+    }
+    let (chain_rules, jumps) = desired(network, container_id, nets);
+    let mut script = Script::new();
+    script.create(&names::masq_chain(network, container_id));
+    for rule in chain_rules.iter().chain(&jumps) {
+        script.append(rule);
+    }
+    Some(script)
+}
+
 /// Removes the container's chain and everything jumping to it.
 pub(crate) fn render_teardown(
     saved: &SavedTable,
@@ -193,6 +209,22 @@ COMMIT
 COMMIT
 "#
         );
+    }
+
+    #[test]
+    fn new_chain_is_created_with_dash_n_and_the_same_rules() {
+        let script = render_new("test", "1234", &nets(&["10.88.0.2/16"])).unwrap();
+        assert_eq!(
+            script.render(),
+            r#"*nat
+-N CNI-2bbe0c48b91a7d1b8a6753a8
+-A CNI-2bbe0c48b91a7d1b8a6753a8 -d 10.88.0.0/16 -m comment --comment "name: \"test\" id: \"1234\"" -j ACCEPT
+-A CNI-2bbe0c48b91a7d1b8a6753a8 ! -d 224.0.0.0/4 -m comment --comment "name: \"test\" id: \"1234\"" -j MASQUERADE
+-A POSTROUTING -s 10.88.0.2/32 -m comment --comment "name: \"test\" id: \"1234\"" -j CNI-2bbe0c48b91a7d1b8a6753a8
+COMMIT
+"#
+        );
+        assert!(render_new("test", "1234", &[]).is_none());
     }
 
     #[test]
