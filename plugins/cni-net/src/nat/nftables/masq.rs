@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use ipnetwork::IpNetwork;
 
-use super::{NftRule, list_chain, quote, transact};
+use serde_json::{Value, json};
+
+use super::{NftRule, list_chain, list_table_doc, parse_rules_doc, quote, transact};
 use crate::nat::error::NatError;
 use crate::nat::masq::Attachment;
 use crate::nat::names::{
@@ -18,10 +20,11 @@ fn prefix() -> String {
     format!("inet {NFT_MASQ_TABLE}")
 }
 
-/// The transaction for one attachment: ensure the table and chains, rebuild the
-/// (shared, constant) postrouting chain, drop the attachment's stale rules, add its new
-/// ones.
+/// The transaction for one attachment: unless `skeleton_ready`, ensure the table and
+/// chains and rebuild the (shared, constant) postrouting chain; then drop the
+/// attachment's stale rules and add its new ones.
 pub(crate) fn render_setup(
+    skeleton_ready: bool,
     stale: &[&NftRule],
     network: &str,
     ifname: &str,
@@ -35,6 +38,29 @@ pub(crate) fn render_setup(
         out.push_str(&s);
         out.push('\n');
     };
+    if !skeleton_ready {
+        render_skeleton(&mut line);
+    }
+    for rule in stale {
+        line(rule.delete_command());
+    }
+    for net in nets {
+        let ip = match net {
+            IpNetwork::V4(_) => "ip",
+            IpNetwork::V6(_) => "ip6",
+        };
+        line(format!(
+            "add rule {t} {NFT_MASQ_CHAIN} {ip} saddr == {} {ip} daddr != {}/{} masquerade comment {comment}",
+            net.ip(),
+            net.network(),
+            net.prefix()
+        ));
+    }
+    out
+}
+
+fn render_skeleton(line: &mut impl FnMut(String)) {
+    let t = prefix();
     line(format!(
         "add table {t} {{ comment {} ; }}",
         quote(NFT_MASQ_TABLE_COMMENT)
@@ -56,22 +82,52 @@ pub(crate) fn render_setup(
     line(format!(
         "add rule {t} {NFT_MASQ_POSTROUTING_CHAIN} goto {NFT_MASQ_CHAIN}"
     ));
-    for rule in stale {
-        line(rule.delete_command());
+}
+
+/// Whether the listed table already holds what [`render_skeleton`] would make:
+/// `masq_checks`, and `postrouting` hooked as nat/postrouting/100 with exactly the two
+/// multicast returns and the goto. Rebuilding means flushing `postrouting`, and a
+/// commit that deletes anything in nf_tables makes the next close of a netfilter socket
+/// wait for an RCU grace period (~10 ms): an ADD that would change nothing skips it.
+/// Anything unexpected (another nft version's JSON included) answers no: rebuild.
+pub(crate) fn skeleton_ready(doc: &Value) -> bool {
+    let Some(items) = doc.get("nftables").and_then(Value::as_array) else {
+        return false;
+    };
+    let mut checks = false;
+    let mut hook = false;
+    let mut post_rules = Vec::new();
+    for item in items {
+        if let Some(chain) = item.get("chain") {
+            match chain.get("name").and_then(Value::as_str) {
+                Some(NFT_MASQ_CHAIN) => checks = true,
+                Some(NFT_MASQ_POSTROUTING_CHAIN) => {
+                    hook = chain.get("type") == Some(&json!("nat"))
+                        && chain.get("hook") == Some(&json!("postrouting"))
+                        && chain.get("prio") == Some(&json!(100));
+                }
+                _ => {}
+            }
+        } else if let Some(rule) = item.get("rule")
+            && rule.get("chain").and_then(Value::as_str) == Some(NFT_MASQ_POSTROUTING_CHAIN)
+        {
+            post_rules.push(rule.get("expr").cloned().unwrap_or(Value::Null));
+        }
     }
-    for net in nets {
-        let ip = match net {
-            IpNetwork::V4(_) => "ip",
-            IpNetwork::V6(_) => "ip6",
-        };
-        line(format!(
-            "add rule {t} {NFT_MASQ_CHAIN} {ip} saddr == {} {ip} daddr != {}/{} masquerade comment {comment}",
-            net.ip(),
-            net.network(),
-            net.prefix()
-        ));
-    }
-    out
+    let multicast_return = |proto: &str, addr: &str, len: u8| {
+        json!([
+            {"match": {"op": "==",
+                       "left": {"payload": {"protocol": proto, "field": "daddr"}},
+                       "right": {"prefix": {"addr": addr, "len": len}}}},
+            {"return": null}
+        ])
+    };
+    let wanted = [
+        multicast_return("ip", "224.0.0.0", 4),
+        multicast_return("ip6", "ff00::", 8),
+        json!([{"goto": {"target": NFT_MASQ_CHAIN}}]),
+    ];
+    checks && hook && post_rules == wanted
 }
 
 /// Rules whose comment starts with `prefix`, the reference's selection.
@@ -129,9 +185,16 @@ pub(crate) fn setup(
     nets: &[IpNetwork],
 ) -> Result<(), NatError> {
     transact(|| {
-        let rules = current()?;
+        // The whole table, not just masq_checks: the same one process also shows
+        // whether the skeleton needs rebuilding.
+        let doc = list_table_doc("inet", NFT_MASQ_TABLE)?;
+        let (ready, rules) = match &doc {
+            Some(doc) => (skeleton_ready(doc), parse_rules_doc(doc)?),
+            None => (false, Vec::new()),
+        };
         let stale = instance_rules(&rules, network, ifname, container_id);
         Ok(Some(render_setup(
+            ready,
             &stale,
             network,
             ifname,
@@ -185,7 +248,7 @@ mod tests {
             "6fd94d501e58f0aa-d750b2c8f0f25d5f, net: unit-test, if: eth0, id: two",
         );
         assert_eq!(
-            render_setup(&[&stale], "unit-test", "eth0", "two", &nets),
+            render_setup(false, &[&stale], "unit-test", "eth0", "two", &nets),
             r#"add table inet cni_plugins_masquerade { comment "Masquerading for plugins from github.com/containernetworking/plugins" ; }
 add chain inet cni_plugins_masquerade masq_checks { comment "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet" ; }
 add chain inet cni_plugins_masquerade postrouting { type nat hook postrouting priority 100 ; }
@@ -198,6 +261,47 @@ add rule inet cni_plugins_masquerade masq_checks ip saddr == 192.168.1.2 ip dadd
 add rule inet cni_plugins_masquerade masq_checks ip6 saddr == 2001:db8::2 ip6 daddr != 2001:db8::/64 masquerade comment "6fd94d501e58f0aa-d750b2c8f0f25d5f, net: unit-test, if: eth0, id: two"
 "#
         );
+    }
+
+    #[test]
+    fn setup_on_a_ready_skeleton_only_adds_and_deletes_the_instance() {
+        let nets: Vec<IpNetwork> = vec!["192.168.1.2/24".parse().unwrap()];
+        let stale = rule(9, "x");
+        assert_eq!(
+            render_setup(true, &[&stale], "unit-test", "eth0", "two", &nets),
+            r#"delete rule inet cni_plugins_masquerade masq_checks handle 9
+add rule inet cni_plugins_masquerade masq_checks ip saddr == 192.168.1.2 ip daddr != 192.168.1.0/24 masquerade comment "6fd94d501e58f0aa-d750b2c8f0f25d5f, net: unit-test, if: eth0, id: two"
+"#
+        );
+    }
+
+    /// What `nft -j list table inet cni_plugins_masquerade` (nftables 1.0.6) prints
+    /// after one setup.
+    fn listed(post_rules: &str, prio: u32) -> Value {
+        let doc = format!(
+            r#"{{"nftables": [{{"metainfo": {{"version": "1.0.6", "json_schema_version": 1}}}},
+ {{"table": {{"family": "inet", "name": "cni_plugins_masquerade", "handle": 1, "comment": "c"}}}},
+ {{"chain": {{"family": "inet", "table": "cni_plugins_masquerade", "name": "masq_checks", "handle": 1, "comment": "x"}}}},
+ {{"chain": {{"family": "inet", "table": "cni_plugins_masquerade", "name": "postrouting", "handle": 2, "type": "nat", "hook": "postrouting", "prio": {prio}, "policy": "accept"}}}},
+ {post_rules}
+ {{"rule": {{"family": "inet", "table": "cni_plugins_masquerade", "chain": "masq_checks", "handle": 6, "comment": "abc", "expr": [{{"masquerade": null}}]}}}}]}}"#
+        );
+        serde_json::from_str(&doc).unwrap()
+    }
+
+    const POST_RULES: &str = r#"{"rule": {"family": "inet", "table": "cni_plugins_masquerade", "chain": "postrouting", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "224.0.0.0", "len": 4}}}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "cni_plugins_masquerade", "chain": "postrouting", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"prefix": {"addr": "ff00::", "len": 8}}}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "cni_plugins_masquerade", "chain": "postrouting", "handle": 5, "expr": [{"goto": {"target": "masq_checks"}}]}},"#;
+
+    #[test]
+    fn skeleton_is_ready_only_when_exactly_as_rendered() {
+        assert!(skeleton_ready(&listed(POST_RULES, 100)));
+        assert!(!skeleton_ready(&listed(POST_RULES, 90)), "other priority");
+        let missing_goto = POST_RULES.rsplit_once("\n").unwrap().0;
+        assert!(!skeleton_ready(&listed(missing_goto, 100)), "a rule gone");
+        let doubled = format!("{POST_RULES}{POST_RULES}");
+        assert!(!skeleton_ready(&listed(&doubled, 100)), "rules twice");
+        assert!(!skeleton_ready(&json!({"nftables": []})));
     }
 
     #[test]

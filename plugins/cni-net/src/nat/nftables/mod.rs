@@ -35,6 +35,15 @@ pub(crate) fn parse_rules(json: &str) -> Result<Vec<NftRule>, NatError> {
     };
     let doc: serde_json::Value =
         serde_json::from_str(json).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    parse_rules_doc(&doc)
+}
+
+/// The rules of an already parsed `nft -j list ...` document.
+pub(crate) fn parse_rules_doc(doc: &serde_json::Value) -> Result<Vec<NftRule>, NatError> {
+    let err = |detail: String| NatError::Parse {
+        tool: "nft".into(),
+        detail,
+    };
     let items = doc
         .get("nftables")
         .and_then(|v| v.as_array())
@@ -75,6 +84,23 @@ pub(crate) fn list_table(family: &str, table: &str) -> Result<Vec<NftRule>, NatE
     match tools::run(Tool::Nft, &["-j", "list", "table", family, table], None) {
         Ok(json) => parse_rules(&json),
         Err(e) if is_not_found(&e) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `nft -j list table` as a document, or `None` when the table does not exist.
+pub(crate) fn list_table_doc(
+    family: &str,
+    table: &str,
+) -> Result<Option<serde_json::Value>, NatError> {
+    match tools::run(Tool::Nft, &["-j", "list", "table", family, table], None) {
+        Ok(json) => serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| NatError::Parse {
+                tool: "nft".into(),
+                detail: format!("invalid JSON: {e}"),
+            }),
+        Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
