@@ -7,7 +7,7 @@ use ipnetwork::IpNetwork;
 
 use super::error::NatError;
 use super::nftnl::Nftnl;
-use super::{Backend, IpFamily, iptables, masq_direct, nftables, tools};
+use super::{Backend, IpFamily, iptables, masq_direct, masq_nftnl, nftables, tools};
 
 /// One entry of `cni.dev/valid-attachments`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,6 +51,11 @@ pub fn setup_masq(
                         .flatten()
                 });
                 if let Some(script) = new_chain {
+                    // Straight into nf_tables when the nat table is in place (every ADD
+                    // but a node's first); iptables-restore makes the same rules otherwise.
+                    if masq_nftnl::add_new(family, network, container_id, &nets).is_ok() {
+                        continue;
+                    }
                     match iptables::restore(family, &script) {
                         Ok(()) => continue,
                         // The chain appeared since we looked (`-N` failed): decide from

@@ -39,6 +39,7 @@ mod error;
 mod iptables;
 pub mod masq;
 mod masq_direct;
+mod masq_nftnl;
 pub mod names;
 mod nftables;
 mod nftnl;
