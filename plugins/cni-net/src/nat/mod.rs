@@ -56,7 +56,10 @@ use std::net::IpAddr;
 
 pub use error::NatError;
 pub use masq::{Attachment, gc_masq, setup_masq, teardown_masq};
-pub use portmap::{PortMapConfig, PortMapping, Proto, check_ports, forward_ports, unforward_ports};
+pub use portmap::{
+    PortMapConfig, PortMapping, Proto, RuleRef, check_ports, forward_ports, forward_ports_tracked,
+    unforward_ports, unforward_ports_tracked,
+};
 pub use tools::LOCK_PATH;
 
 /// Which firewall API programs the rules.

@@ -21,7 +21,10 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
+/// Multicast group of nf_tables change notifications.
+const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
 
@@ -153,6 +156,37 @@ impl Nftnl {
         }
     }
 
+    /// One rule by its handle, or `None` when no such rule is in that chain.
+    pub fn rule(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        chain: &str,
+        handle: u64,
+    ) -> io::Result<Option<KernelRule>> {
+        let seq = self.next_seq();
+        let mut attrs = Vec::new();
+        push_str_attr(&mut attrs, NFTA_RULE_TABLE, table);
+        push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
+        push_attr(&mut attrs, NFTA_RULE_HANDLE, &handle.to_be_bytes());
+        self.send(&message(
+            NFT_MSG_GETRULE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            nfproto(family),
+            &attrs,
+        ))?;
+        let mut found = None;
+        let result = self.replies(seq, true, |payload| {
+            found = parse_rule(payload, table, chain).filter(|r| r.handle == handle);
+        });
+        match result {
+            Ok(()) => Ok(found),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Applies `ops` to `table` in `family` as one transaction: all or nothing.
     pub fn commit(&mut self, family: IpFamily, table: &str, ops: &[Op]) -> io::Result<()> {
         if ops.is_empty() {
@@ -263,6 +297,72 @@ impl Nftnl {
     }
 }
 
+/// A rule some process just added, as the kernel announced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AddedRule {
+    pub family: IpFamily,
+    pub table: String,
+    pub chain: String,
+    pub rule: KernelRule,
+}
+
+/// Listens to nf_tables change notifications, to learn the handles of the rules a
+/// tool (`nft`, `iptables-restore`) adds: the kernel announces every committed rule,
+/// handle included, before the tool's own transaction returns.
+pub(crate) struct Monitor {
+    socket: Socket,
+}
+
+impl Monitor {
+    pub fn open() -> io::Result<Monitor> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        // Room for a few thousand announcements; a lost one only costs a slower DEL.
+        let _ = socket.set_rx_buf_sz(4usize << 20);
+        socket.add_membership(NFNLGRP_NFTABLES)?;
+        Ok(Monitor { socket })
+    }
+
+    /// Every rule added since [`Monitor::open`]. An overflowed queue (`ENOBUFS`) is an
+    /// error: the list would be incomplete.
+    pub fn added_rules(&self) -> io::Result<Vec<AddedRule>> {
+        self.socket.set_non_blocking(true)?;
+        let mut out = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+        loop {
+            buf.clear();
+            let n = match self.socket.recv(&mut buf, 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            if n > buf.len() {
+                return Err(io::Error::other("netlink notification truncated"));
+            }
+            for (kind, _, body) in messages(&buf)? {
+                if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE {
+                    continue;
+                }
+                let family = match body.first().map(|f| i32::from(*f)) {
+                    Some(libc::NFPROTO_IPV4) => IpFamily::V4,
+                    Some(libc::NFPROTO_IPV6) => IpFamily::V6,
+                    _ => continue,
+                };
+                if let Some((table, chain, rule)) =
+                    body.get(NFGENMSG_LEN..).and_then(parse_any_rule)
+                {
+                    out.push(AddedRule {
+                        family,
+                        table,
+                        chain,
+                        rule,
+                    });
+                }
+            }
+        }
+    }
+}
+
 fn nfproto(family: IpFamily) -> u8 {
     match family {
         IpFamily::V4 => libc::NFPROTO_IPV4 as u8,
@@ -359,12 +459,18 @@ fn c_string(bytes: &[u8]) -> Option<String> {
 
 /// Decodes one NEWRULE payload, or `None` when it belongs to another table or chain.
 fn parse_rule(payload: &[u8], table: &str, chain: &str) -> Option<KernelRule> {
+    let (t, c, rule) = parse_any_rule(payload)?;
+    (t == table && c == chain).then_some(rule)
+}
+
+/// Decodes one NEWRULE payload into its table, chain and rule.
+fn parse_any_rule(payload: &[u8]) -> Option<(String, String, KernelRule)> {
     let mut rule = KernelRule::default();
-    let (mut in_table, mut in_chain) = (false, false);
+    let (mut table, mut chain) = (None, None);
     for (kind, body) in attributes(payload) {
         match kind {
-            NFTA_RULE_TABLE => in_table = c_string(body).as_deref() == Some(table),
-            NFTA_RULE_CHAIN => in_chain = c_string(body).as_deref() == Some(chain),
+            NFTA_RULE_TABLE => table = c_string(body),
+            NFTA_RULE_CHAIN => chain = c_string(body),
             NFTA_RULE_HANDLE => {
                 rule.handle = u64::from_be_bytes(body.try_into().ok()?);
             }
@@ -376,7 +482,7 @@ fn parse_rule(payload: &[u8], table: &str, chain: &str) -> Option<KernelRule> {
             _ => {}
         }
     }
-    (in_table && in_chain).then_some(rule)
+    Some((table?, chain?, rule))
 }
 
 /// The expression names of a rule, in order (`fib`, `cmp`, `immediate`, ...).

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
-use super::nftnl::Nftnl;
+use super::nftnl::{Monitor, Nftnl, Op};
 use super::{Backend, IpFamily, iptables, names, nftables, portmap_direct, tools};
 
 /// Transport protocol of a mapping.
@@ -127,6 +127,16 @@ impl PortMapConfig {
     }
 }
 
+/// One installed rule, by handle: what an ADD learned so the DEL can remove it without
+/// searching. Only iptables-nft and nftables rules have handles we can see.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleRef {
+    pub family: IpFamily,
+    pub table: String,
+    pub chain: String,
+    pub handle: u64,
+}
+
 /// The first address of each family: the reference maps one IPv4 and one IPv6 address.
 fn per_family(container_ips: &[IpNetwork]) -> Vec<IpNetwork> {
     let mut out: Vec<IpNetwork> = Vec::new();
@@ -149,15 +159,42 @@ pub fn forward_ports(
     config: &PortMapConfig,
     container_ips: &[IpNetwork],
 ) -> Result<(), NatError> {
+    forward_ports_tracked(backend, config, container_ips, None).map(drop)
+}
+
+/// [`forward_ports`] that also returns the handles of the rules a DEL will have to
+/// remove (`None` when they could not all be learned), for
+/// [`unforward_ports_tracked`]. `prior` is the record of an earlier ADD of the same
+/// container (`Some(&[])`: there was none), which spares searching for its old rules.
+pub fn forward_ports_tracked(
+    backend: Backend,
+    config: &PortMapConfig,
+    container_ips: &[IpNetwork],
+    prior: Option<&[RuleRef]>,
+) -> Result<Option<Vec<RuleRef>>, NatError> {
     let targets = per_family(container_ips);
     if config.mappings.is_empty() || targets.is_empty() {
-        return Ok(());
+        return Ok(Some(Vec::new()));
     }
     let _lock = tools::lock()?;
+    // Opened before any rule is written, so that no announcement is missed.
+    let monitor = Monitor::open().ok();
+    forward_locked(backend, config, &targets, prior)?;
+    Ok(monitor
+        .and_then(|m| m.added_rules().ok())
+        .and_then(|added| portmap_direct::select_tracked(&added, backend, config, &targets)))
+}
+
+fn forward_locked(
+    backend: Backend,
+    config: &PortMapConfig,
+    targets: &[IpNetwork],
+    prior: Option<&[RuleRef]>,
+) -> Result<(), NatError> {
     match backend {
         Backend::Iptables => {
             let mut nl = Nftnl::open().ok();
-            for target in targets {
+            for &target in targets {
                 let family = IpFamily::of(target.ip());
                 if portmap_direct::iptables_is_nft(family)
                     && let Some(nl) = nl.as_mut()
@@ -182,7 +219,7 @@ pub fn forward_ports(
             }
             Ok(())
         }
-        Backend::Nftables => nftables::portmap::forward(config, &targets).map_err(|e| {
+        Backend::Nftables => nftables::portmap::forward(config, targets, prior).map_err(|e| {
             e.context(|| {
                 format!(
                     "set up port mappings (nftables) for {}",
@@ -222,6 +259,17 @@ pub fn unforward_ports(
     network: &str,
     container_id: &str,
 ) -> Result<(), NatError> {
+    unforward_ports_tracked(backend, network, container_id, None)
+}
+
+/// [`unforward_ports`] using the handles [`forward_ports_tracked`] returned (`None`
+/// when there is no such record), so that no shared chain has to be searched.
+pub fn unforward_ports_tracked(
+    backend: Backend,
+    network: &str,
+    container_id: &str,
+    known: Option<&[RuleRef]>,
+) -> Result<(), NatError> {
     let _lock = tools::lock()?;
     match backend {
         Backend::Iptables => {
@@ -235,12 +283,27 @@ pub fn unforward_ports(
                 usable += 1;
                 if portmap_direct::iptables_is_nft(family)
                     && let Some(nl) = nl.as_mut()
-                    && matches!(
-                        portmap_direct::iptables_unforward(nl, family, network, container_id),
-                        Ok(true)
-                    )
                 {
-                    continue;
+                    let by_handle = known.is_some_and(|refs| {
+                        matches!(
+                            portmap_direct::iptables_unforward_known(
+                                nl,
+                                family,
+                                network,
+                                container_id,
+                                refs
+                            ),
+                            Ok(true)
+                        )
+                    });
+                    if by_handle
+                        || matches!(
+                            portmap_direct::iptables_unforward(nl, family, network, container_id),
+                            Ok(true)
+                        )
+                    {
+                        continue;
+                    }
                 }
                 if let Err(e) = iptables::transact(family, |saved| {
                     iptables::portmap::render_unforward(saved, network, container_id)
@@ -258,8 +321,27 @@ pub fn unforward_ports(
         Backend::Nftables => {
             let direct = Nftnl::open().and_then(|mut nl| {
                 for family in [IpFamily::V4, IpFamily::V6] {
-                    if family.enabled() {
-                        portmap_direct::nft_unforward(&mut nl, family, container_id)?;
+                    if !family.enabled() {
+                        continue;
+                    }
+                    let known = match known {
+                        Some(refs) => {
+                            portmap_direct::nft_known_rules(&mut nl, family, container_id, refs)?
+                        }
+                        None => None,
+                    };
+                    match known {
+                        Some(rules) => {
+                            let ops: Vec<Op> = rules
+                                .into_iter()
+                                .map(|r| Op::DeleteRule {
+                                    chain: r.chain,
+                                    handle: r.handle,
+                                })
+                                .collect();
+                            nl.commit(family, names::NFT_HOSTPORT_TABLE, &ops)?;
+                        }
+                        None => portmap_direct::nft_unforward(&mut nl, family, container_id)?,
                     }
                 }
                 Ok(())

@@ -20,6 +20,7 @@ use std::path::Path;
 
 use ipnetwork::IpNetwork;
 
+use super::Backend;
 use super::IpFamily;
 use super::iptables;
 use super::names::{
@@ -28,8 +29,8 @@ use super::names::{
     NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN, NFT_PREROUTING_CHAIN,
 };
 use super::nftables::NftRule;
-use super::nftnl::{KernelRule, Nftnl, Op, expr_names};
-use super::portmap::PortMapConfig;
+use super::nftnl::{AddedRule, KernelRule, Nftnl, Op, expr_names};
+use super::portmap::{PortMapConfig, RuleRef};
 use super::tools::Tool;
 
 /// iptables-nft keeps its nat table in nf_tables under this name.
@@ -101,6 +102,144 @@ pub(crate) fn iptables_unforward(
     }
     nl.commit(family, IPT_NAT_TABLE, &ops)?;
     Ok(true)
+}
+
+/// DEL of one container's iptables rules in one family, with the entry rules' handles
+/// recorded at ADD: each is looked up by handle (no dump of the shared chain) and must
+/// still be an entry of this container. `Ok(false)`: needs the dump or general path.
+pub(crate) fn iptables_unforward_known(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    network: &str,
+    container_id: &str,
+    known: &[RuleRef],
+) -> io::Result<bool> {
+    let chain = names::dnat_chain(network, container_id);
+    if nl.chain_exists(
+        family,
+        IPT_NAT_TABLE,
+        &names::old_snat_chain(network, container_id),
+    )? {
+        return Ok(false);
+    }
+    let mut ops = Vec::new();
+    for r in known.iter().filter(|r| r.family == family) {
+        if r.table != IPT_NAT_TABLE || r.chain != HOSTPORT_DNAT_CHAIN {
+            return Ok(false);
+        }
+        match nl.rule(family, IPT_NAT_TABLE, HOSTPORT_DNAT_CHAIN, r.handle)? {
+            Some(rule) if rule.jumps.contains(&chain) => ops.push(Op::DeleteRule {
+                chain: HOSTPORT_DNAT_CHAIN.to_string(),
+                handle: r.handle,
+            }),
+            // Gone already: nothing to delete.
+            None => {}
+            // The handle now names someone else's rule: the record is stale.
+            Some(_) => return Ok(false),
+        }
+    }
+    if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? {
+        ops.push(Op::FlushChain {
+            chain: chain.clone(),
+        });
+        // Fails the batch if an entry we did not know of still jumps here.
+        ops.push(Op::DeleteChain { chain });
+    }
+    nl.commit(family, IPT_NAT_TABLE, &ops)?;
+    Ok(true)
+}
+
+/// The recorded rules of a container in `family` that are still its own, as stale
+/// rules for a re-ADD or victims for a DEL; `None` when a handle now names a rule of
+/// someone else (the record cannot be trusted).
+pub(crate) fn nft_known_rules(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    container_id: &str,
+    known: &[RuleRef],
+) -> io::Result<Option<Vec<NftRule>>> {
+    let family_name = match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    };
+    let mut out = Vec::new();
+    for r in known.iter().filter(|r| r.family == family) {
+        if r.table != NFT_HOSTPORT_TABLE || !NFT_CONTAINER_CHAINS.contains(&r.chain.as_str()) {
+            return Ok(None);
+        }
+        match nl.rule(family, NFT_HOSTPORT_TABLE, &r.chain, r.handle)? {
+            Some(rule) if rule.comment.as_deref() == Some(container_id) => out.push(NftRule {
+                family: family_name.to_string(),
+                table: NFT_HOSTPORT_TABLE.to_string(),
+                chain: r.chain.clone(),
+                handle: r.handle,
+                comment: rule.comment,
+            }),
+            None => {}
+            Some(_) => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Among the rules the kernel announced during an ADD, those a later DEL must remove
+/// by handle: iptables entries jumping to the container chain, nftables rules carrying
+/// the container ID. `None` unless every expected rule was seen (a partial record
+/// would make DEL leak).
+pub(crate) fn select_tracked(
+    added: &[AddedRule],
+    backend: Backend,
+    config: &PortMapConfig,
+    targets: &[IpNetwork],
+) -> Option<Vec<RuleRef>> {
+    let chain = names::dnat_chain(&config.network, &config.container_id);
+    let mine = |a: &&AddedRule| match backend {
+        Backend::Iptables => {
+            a.table == IPT_NAT_TABLE
+                && a.chain == HOSTPORT_DNAT_CHAIN
+                && a.rule.jumps.contains(&chain)
+        }
+        Backend::Nftables => {
+            a.table == NFT_HOSTPORT_TABLE
+                && NFT_CONTAINER_CHAINS.contains(&a.chain.as_str())
+                && a.rule.comment.as_deref() == Some(config.container_id.as_str())
+        }
+    };
+    let picked: Vec<RuleRef> = added
+        .iter()
+        .filter(mine)
+        .map(|a| RuleRef {
+            family: a.family,
+            table: a.table.clone(),
+            chain: a.chain.clone(),
+            handle: a.rule.handle,
+        })
+        .collect();
+    let expected: usize = targets
+        .iter()
+        .map(|t| expected_rules(backend, config, IpFamily::of(t.ip())))
+        .sum();
+    (picked.len() == expected).then_some(picked)
+}
+
+/// How many rules of a container [`select_tracked`] must find in one family.
+fn expected_rules(backend: Backend, config: &PortMapConfig, family: IpFamily) -> usize {
+    match backend {
+        Backend::Iptables => iptables::portmap::entry_count(config),
+        Backend::Nftables => {
+            let dnat = config
+                .mappings
+                .iter()
+                .filter(|m| m.applies_to(family))
+                .count();
+            let masq = match (config.snat, family, config.masq_all) {
+                (false, _, _) => 0,
+                (true, IpFamily::V4, false) => 2,
+                (true, _, _) => 1,
+            };
+            dnat + masq
+        }
+    }
 }
 
 /// The container's rules in the `cni_hostport` table of `family`.

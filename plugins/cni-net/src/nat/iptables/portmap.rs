@@ -81,6 +81,11 @@ fn entry_rules(config: &PortMapConfig) -> Vec<Rule> {
     out
 }
 
+/// How many entry rules a container gets in `CNI-HOSTPORT-DNAT` (per family).
+pub(crate) fn entry_count(config: &PortMapConfig) -> usize {
+    entry_rules(config).len()
+}
+
 /// The container chain's rules: per mapping of this family, hairpin mark, localhost mark
 /// (IPv4, unless masqAll), DNAT — the marks first so they see the original destination.
 fn chain_rules(config: &PortMapConfig, container: IpNetwork) -> Vec<Rule> {

@@ -15,7 +15,7 @@ use crate::nat::names::{
     NFT_PREROUTING_CHAIN,
 };
 use crate::nat::nftnl::Nftnl;
-use crate::nat::portmap::PortMapConfig;
+use crate::nat::portmap::{PortMapConfig, RuleRef};
 use crate::nat::portmap_direct;
 
 fn family_name(family: IpFamily) -> &'static str {
@@ -148,17 +148,39 @@ fn render(
     out
 }
 
-pub(crate) fn forward(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(), NatError> {
+/// `prior`: the container's rules as recorded by an earlier ADD (`Some(&[])`: it had
+/// none), so they need not be searched for; `None`: unknown, search.
+pub(crate) fn forward(
+    config: &PortMapConfig,
+    targets: &[IpNetwork],
+    prior: Option<&[RuleRef]>,
+) -> Result<(), NatError> {
     transact(|| {
         let mut script = String::new();
         for target in targets {
             let ip_family = IpFamily::of(target.ip());
             let family = family_name(ip_family);
-            // The kernel lists just the container's chains, far cheaper than `nft -j`
-            // printing the whole table; the tool stays as the fallback.
+            // The kernel lists just the container's chains (or, with a record, just
+            // its recorded rules), far cheaper than `nft -j` printing the whole table;
+            // the tool stays as the fallback.
             let direct = Nftnl::open().and_then(|mut nl| {
-                let rules =
-                    portmap_direct::nft_container_rules(&mut nl, ip_family, &config.container_id)?;
+                let known = match prior {
+                    Some(refs) => portmap_direct::nft_known_rules(
+                        &mut nl,
+                        ip_family,
+                        &config.container_id,
+                        refs,
+                    )?,
+                    None => None,
+                };
+                let rules = match known {
+                    Some(rules) => rules,
+                    None => portmap_direct::nft_container_rules(
+                        &mut nl,
+                        ip_family,
+                        &config.container_id,
+                    )?,
+                };
                 let ready = config.conditions(ip_family).is_empty()
                     && portmap_direct::nft_skeleton_ready(&mut nl, ip_family, config.snat)?;
                 Ok((rules, ready))
