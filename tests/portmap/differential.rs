@@ -197,6 +197,6 @@ fn reference_and_ours_coexist_on_one_node() {
     }
     node.portmap("DEL", &a, &ca).assert_ok();
     node.call(&reference, "DEL", &b, &cb).run().assert_ok();
-    assert_eq!(tcp_reply(&node.ext, NODE_V4, 8001), None);
-    assert_eq!(tcp_reply(&node.ext, NODE_V4, 8002), None);
+    assert_eq!(tcp_reply_within(&node.ext, NODE_V4, 8001, SILENCE), None);
+    assert_eq!(tcp_reply_within(&node.ext, NODE_V4, 8002, SILENCE), None);
 }

@@ -4,10 +4,15 @@
 //! prevResult it gets after `bridge`).
 
 use std::cell::Cell;
+use std::io::Write;
+use std::net::{Ipv6Addr, Shutdown, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
-use cni_tests::{Background, CniCall, Host, Netns, Outcome, unique_name};
+use cni_tests::{CniCall, Host, Netns, Outcome, unique_name};
 use serde_json::{Value, json};
 
 /// The node's uplink addresses and the external peer on that link.
@@ -305,78 +310,205 @@ impl Pod {
     }
 
     /// A TCP server on `port` (both families) answering every connection with `reply`.
-    pub fn serve_tcp(&self, port: u16, reply: &str) -> Background {
-        serve(&self.ns, "TCP6-LISTEN", port, reply)
+    pub fn serve_tcp(&self, port: u16, reply: &str) -> Server {
+        Server::start(&self.ns, Proto::Tcp, port, reply)
     }
 
     /// A UDP server on `port` (both families) answering every datagram with `reply`.
-    pub fn serve_udp(&self, port: u16, reply: &str) -> Background {
-        serve(&self.ns, "UDP6-RECVFROM", port, reply)
+    pub fn serve_udp(&self, port: u16, reply: &str) -> Server {
+        Server::start(&self.ns, Proto::Udp, port, reply)
     }
 }
 
-/// Starts socat in `ns` and waits (bounded) until the socket is bound.
-pub fn serve(ns: &Netns, kind: &str, port: u16, reply: &str) -> Background {
-    let listen = format!("{kind}:{port},ipv6only=0,reuseaddr,fork");
-    let answer = format!("SYSTEM:echo {reply}");
-    let bg = ns.spawn(["socat", &listen, &answer]);
-    let udp = kind.starts_with("UDP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let flag = if udp { "-uln" } else { "-tln" };
-        let out = ns.exec(["ss", "-H", flag, "sport", "=", &format!(":{port}")]);
-        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
-            return bg;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// A server thread inside a namespace (no process per connection or datagram, so
+/// nothing races the reply), answering with one line; stopped and joined on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &Netns, proto: Proto, port: u16, reply: &str) -> Server {
+        let file = std::fs::File::open(ns.path())
+            .unwrap_or_else(|e| panic!("open {}: {e}", ns.path().display()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let answer = format!("{reply}\n").into_bytes();
+        let name = ns.name().to_string();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                let _ = ready_tx.send(Err(format!("setns {name}: {err}")));
+                return;
+            }
+            let bound = match proto {
+                Proto::Udp => bind_udp(port).map(Bound::Udp),
+                Proto::Tcp => bind_tcp(port).map(Bound::Tcp),
+            };
+            let bound = match bound {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("bind port {port} in {name}: {e}")));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            serve_until(&bound, &answer, &flag);
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!("server on port {port} did not start"),
         }
-        assert!(
-            Instant::now() < deadline,
-            "server on port {port} in {} did not start",
-            ns.name()
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        Server {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
-fn host_port(addr: &str, port: u16) -> String {
-    if addr.contains(':') {
-        format!("[{addr}]:{port}")
-    } else {
-        format!("{addr}:{port}")
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
+}
+
+enum Bound {
+    Udp(UdpSocket),
+    Tcp(TcpListener),
+}
+
+/// How often a server thread looks at its stop flag.
+const TICK: Duration = Duration::from_millis(50);
+
+// `[::]` takes IPv4 too: net.ipv6.bindv6only is 0 in a fresh namespace.
+fn bind_udp(port: u16) -> std::io::Result<UdpSocket> {
+    let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))?;
+    socket.set_read_timeout(Some(TICK))?;
+    Ok(socket)
+}
+
+fn bind_tcp(port: u16) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn serve_until(bound: &Bound, answer: &[u8], stop: &AtomicBool) {
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        match bound {
+            Bound::Udp(socket) => {
+                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(answer, peer);
+                }
+            }
+            Bound::Tcp(listener) => match listener.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.write_all(answer);
+                    let _ = conn.shutdown(Shutdown::Write);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            },
+        }
+    }
+}
+
+/// How long a client waits for an answer. Generous: the machine may be busy, and a
+/// probe that expects silence pays it only once (see [`SILENCE`]).
+const ANSWER_WAIT: Duration = Duration::from_secs(4);
+/// How long a probe that expects no answer listens before concluding there is none.
+pub const SILENCE: Duration = Duration::from_millis(1500);
+
+/// Runs `f` on a thread that has entered `ns`: a client socket made there lives there,
+/// without a process per probe.
+fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(ns.path())
+        .unwrap_or_else(|e| panic!("open {}: {e}", ns.path().display()));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on a valid namespace fd affects only this (scoped) thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns {}: {}",
+                ns.name(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .expect("client thread")
+    })
+}
+
+fn socket_addr(addr: &str, port: u16) -> std::net::SocketAddr {
+    let ip: std::net::IpAddr = addr.parse().expect("an IP address");
+    std::net::SocketAddr::new(ip, port)
 }
 
 /// What a TCP connection from `from` to `addr:port` is answered with, if anything.
 pub fn tcp_reply(from: &Netns, addr: &str, port: u16) -> Option<Reply> {
-    let target = format!("TCP:{},connect-timeout=2", host_port(addr, port));
-    let out = from.exec(["timeout", "5", "socat", "-t2", "-T3", "-", &target]);
-    reply_of(&out.stdout)
+    tcp_reply_within(from, addr, port, ANSWER_WAIT)
+}
+
+/// [`tcp_reply`], giving up after `wait`.
+pub fn tcp_reply_within(from: &Netns, addr: &str, port: u16, wait: Duration) -> Option<Reply> {
+    use std::io::Read;
+    let target = socket_addr(addr, port);
+    in_netns(from, move || {
+        let mut stream = std::net::TcpStream::connect_timeout(&target, wait).ok()?;
+        stream.set_read_timeout(Some(wait)).ok()?;
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        reply_of(text.as_bytes())
+    })
 }
 
 /// What a UDP datagram from `from` to `addr:port` is answered with, if anything.
 /// `source_port` pins the client port, so that repeated calls form one conntrack flow.
 pub fn udp_reply(from: &Netns, addr: &str, port: u16, source_port: Option<u16>) -> Option<Reply> {
-    let mut target = format!("UDP:{}", host_port(addr, port));
-    if let Some(sp) = source_port {
-        target.push_str(&format!(",sourceport={sp},reuseaddr"));
-    }
-    let mut cmd = from.exec_command(&["timeout", "5", "socat", "-t2", "-T2", "-", &target]);
-    let out = run_with_input(&mut cmd, b"ping\n");
-    reply_of(&out.stdout)
+    udp_reply_within(from, addr, port, source_port, ANSWER_WAIT)
 }
 
-fn run_with_input(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn client");
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input);
-    }
-    child.wait_with_output().expect("wait for client")
+/// [`udp_reply`], giving up after `wait`.
+pub fn udp_reply_within(
+    from: &Netns,
+    addr: &str,
+    port: u16,
+    source_port: Option<u16>,
+    wait: Duration,
+) -> Option<Reply> {
+    let target = socket_addr(addr, port);
+    in_netns(from, move || {
+        let local: std::net::SocketAddr = if target.is_ipv4() {
+            ([0, 0, 0, 0], source_port.unwrap_or(0)).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, source_port.unwrap_or(0)).into()
+        };
+        let socket = std::net::UdpSocket::bind(local)
+            .unwrap_or_else(|e| panic!("bind UDP client {local}: {e}"));
+        socket.set_read_timeout(Some(wait)).ok()?;
+        socket.send_to(b"ping\n", target).ok()?;
+        let mut buf = [0u8; 512];
+        // An ICMP "port unreachable" surfaces as an error: no answer.
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        reply_of(&buf[..n])
+    })
 }
 
 fn reply_of(stdout: &[u8]) -> Option<Reply> {

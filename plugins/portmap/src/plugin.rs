@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use cni_net::nat::{self, Backend, IpFamily, PortMapping, Proto};
+use cni_net::nat::{self, Backend, IpFamily, PortMapping, Proto, RuleRef};
 use cni_types::{CniResult, Error, Plugin, Request};
 
 use crate::config::Config;
@@ -61,9 +61,20 @@ fn add(req: &Request) -> Result<CniResult, PortmapError> {
         return Ok(prev);
     }
 
-    nat::forward_ports(config.backend, &config.rules, &targets)
-        .map_err(PortmapError::nat("unable to set up port mappings"))?;
-    record(&config);
+    // An earlier ADD's record names the container's old rules; without one there are
+    // none of ours to replace.
+    let registry = Registry::for_network(&config.rules.network).ok();
+    let prior = match registry
+        .as_ref()
+        .and_then(|r| r.read(&config.rules.container_id))
+    {
+        None => Some(Vec::new()),
+        Some(record) => record.rules,
+    };
+    let tracked =
+        nat::forward_ports_tracked(config.backend, &config.rules, &targets, prior.as_deref())
+            .map_err(PortmapError::nat("unable to set up port mappings"))?;
+    record(registry.as_ref(), &config, tracked.as_deref());
 
     // Only now that the DNAT rules exist: a UDP flow that hit the host port before
     // (and is pinned to the old destination by its conntrack entry) must start over.
@@ -90,16 +101,23 @@ fn del(req: &Request) -> Result<(), PortmapError> {
         &req.container_id,
         Backend::detect,
     );
+    let record = Registry::for_network(&req.conf.name)
+        .ok()
+        .and_then(|r| r.read(&req.container_id))
+        .unwrap_or_default();
     // The runtime may not resend the mappings; what ADD recorded still names the ports.
     let mappings = if config.rules.mappings.is_empty() {
-        Registry::for_network(&req.conf.name)
-            .map(|r| r.mappings(&req.container_id))
-            .unwrap_or_default()
+        record.mappings
     } else {
         config.rules.mappings.clone()
     };
-    nat::unforward_ports(config.backend, &req.conf.name, &req.container_id)
-        .map_err(PortmapError::nat("could not tear down port mappings"))?;
+    nat::unforward_ports_tracked(
+        config.backend,
+        &req.conf.name,
+        &req.container_id,
+        record.rules.as_deref(),
+    )
+    .map_err(PortmapError::nat("could not tear down port mappings"))?;
     forget(&req.conf.name, &req.container_id);
     // The flows DNATed to the departed pod would otherwise keep blackholing the port
     // for the next pod that maps it (plugins#1190).
@@ -139,7 +157,8 @@ fn gc(req: &Request) -> Result<(), PortmapError> {
     let recorded = registry.containers().map_err(PortmapError::Registry)?;
     let mut failures = Vec::new();
     for id in recorded.iter().filter(|id| !valid.contains(id.as_str())) {
-        match nat::unforward_ports(config.backend, network, id) {
+        let known = registry.read(id).and_then(|r| r.rules);
+        match nat::unforward_ports_tracked(config.backend, network, id, known.as_deref()) {
             Ok(()) => forget(network, id),
             Err(e) => failures.push(format!("{id}: {e}")),
         }
@@ -151,10 +170,14 @@ fn gc(req: &Request) -> Result<(), PortmapError> {
     }
 }
 
-/// Best effort: a missing record only means GC will not find this container.
-fn record(config: &Config) {
-    let res = Registry::for_network(&config.rules.network)
-        .and_then(|r| r.record(&config.rules.container_id, &config.rules.mappings));
+/// Best effort: a missing record only means GC will not find this container and DEL
+/// searches for its rules.
+fn record(registry: Option<&Registry>, config: &Config, rules: Option<&[RuleRef]>) {
+    let res = match registry {
+        Some(r) => r.record(&config.rules.container_id, &config.rules.mappings, rules),
+        None => Registry::for_network(&config.rules.network)
+            .and_then(|r| r.record(&config.rules.container_id, &config.rules.mappings, rules)),
+    };
     if let Err(e) = res {
         eprintln!(
             "portmap: cannot record {} for GC: {e}",

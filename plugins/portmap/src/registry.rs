@@ -9,7 +9,9 @@
 //!
 //! A record lists the container's host ports (`<proto> <port> [<host IP>]` per line),
 //! so a DEL that comes without `portMappings` can still flush their UDP conntrack
-//! entries.
+//! entries, and the handles of its rules (`rule <4|6> <table> <chain> <handle>`, then
+//! `tracked` when the list is complete), so a DEL or re-ADD finds them without
+//! searching the shared chains.
 //!
 //! The records live on tmpfs, like the rules they describe: both vanish on reboot.
 //! The directory is keyed by the network namespace the plugin runs in, so nodes
@@ -22,7 +24,7 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use cni_net::nat::{PortMapping, Proto};
+use cni_net::nat::{IpFamily, PortMapping, Proto, RuleRef};
 
 const ROOT: &str = "/run/cni-rs/portmap";
 
@@ -49,49 +51,30 @@ impl Registry {
         }
     }
 
-    /// Records (or replaces the record of) a container and its mappings.
-    pub fn record(&self, container_id: &str, mappings: &[PortMapping]) -> io::Result<()> {
+    /// Records (or replaces the record of) a container: its mappings and, when known
+    /// completely, the handles of its rules.
+    pub fn record(
+        &self,
+        container_id: &str,
+        mappings: &[PortMapping],
+        rules: Option<&[RuleRef]>,
+    ) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let mut text = String::new();
-        for m in mappings {
-            text.push_str(m.protocol.as_str());
-            text.push(' ');
-            text.push_str(&m.host_port.to_string());
-            if let Some(ip) = m.host_ip {
-                text.push(' ');
-                text.push_str(&ip.to_string());
-            }
-            text.push('\n');
-        }
+        let record = Record {
+            mappings: mappings.to_vec(),
+            rules: rules.map(<[RuleRef]>::to_vec),
+        };
         // Written aside and renamed, so a concurrent reader never sees half a record.
         let tmp = self.dir.join(format!(".{container_id}.tmp"));
-        fs::write(&tmp, text)?;
+        fs::write(&tmp, record.render())?;
         fs::rename(&tmp, self.dir.join(container_id))
     }
 
-    /// The host ports recorded for a container (container ports are not kept: they
-    /// are not needed to clean up). Empty when there is no record.
-    pub fn mappings(&self, container_id: &str) -> Vec<PortMapping> {
-        let Ok(text) = fs::read_to_string(self.dir.join(container_id)) else {
-            return Vec::new();
-        };
-        text.lines()
-            .filter_map(|line| {
-                let mut words = line.split_whitespace();
-                let protocol = Proto::parse(words.next()?)?;
-                let host_port = words.next()?.parse().ok()?;
-                let host_ip = match words.next() {
-                    Some(ip) => Some(ip.parse::<IpAddr>().ok()?),
-                    None => None,
-                };
-                Some(PortMapping {
-                    host_port,
-                    container_port: host_port,
-                    protocol,
-                    host_ip,
-                })
-            })
-            .collect()
+    /// The record of a container, `None` when there is none.
+    pub fn read(&self, container_id: &str) -> Option<Record> {
+        fs::read_to_string(self.dir.join(container_id))
+            .ok()
+            .map(|text| Record::parse(&text))
     }
 
     /// Forgets a container; an absent record is fine. Empty directories go too, so
@@ -128,9 +111,111 @@ impl Registry {
     }
 }
 
+/// What ADD left for DEL and GC about one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Host ports (container ports are not kept: cleaning up does not need them).
+    pub mappings: Vec<PortMapping>,
+    /// Handles of the rules to delete; `None` when they are not all known.
+    pub rules: Option<Vec<RuleRef>>,
+}
+
+impl Record {
+    fn render(&self) -> String {
+        let mut text = String::new();
+        for m in &self.mappings {
+            text.push_str(m.protocol.as_str());
+            text.push(' ');
+            text.push_str(&m.host_port.to_string());
+            if let Some(ip) = m.host_ip {
+                text.push(' ');
+                text.push_str(&ip.to_string());
+            }
+            text.push('\n');
+        }
+        if let Some(rules) = &self.rules {
+            for r in rules {
+                let family = match r.family {
+                    IpFamily::V4 => 4,
+                    IpFamily::V6 => 6,
+                };
+                text.push_str(&format!(
+                    "rule {family} {} {} {}\n",
+                    r.table, r.chain, r.handle
+                ));
+            }
+            text.push_str("tracked\n");
+        }
+        text
+    }
+
+    /// Lines that do not parse are skipped; a damaged rule list is not trusted.
+    fn parse(text: &str) -> Record {
+        let mut record = Record::default();
+        let mut rules = Vec::new();
+        let mut rules_ok = true;
+        let mut tracked = false;
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["tracked"] => tracked = true,
+                ["rule", family, table, chain, handle] => {
+                    let family = match *family {
+                        "4" => Some(IpFamily::V4),
+                        "6" => Some(IpFamily::V6),
+                        _ => None,
+                    };
+                    match (family, handle.parse::<u64>()) {
+                        (Some(family), Ok(handle)) => rules.push(RuleRef {
+                            family,
+                            table: (*table).to_string(),
+                            chain: (*chain).to_string(),
+                            handle,
+                        }),
+                        _ => rules_ok = false,
+                    }
+                }
+                [proto, port, rest @ ..] if rest.len() <= 1 => {
+                    let host_ip = match rest.first() {
+                        Some(ip) => match ip.parse::<IpAddr>() {
+                            Ok(ip) => Some(ip),
+                            Err(_) => continue,
+                        },
+                        None => None,
+                    };
+                    if let (Some(protocol), Ok(host_port)) = (Proto::parse(proto), port.parse()) {
+                        record.mappings.push(PortMapping {
+                            host_port,
+                            container_port: host_port,
+                            protocol,
+                            host_ip,
+                        });
+                    }
+                }
+                _ => rules_ok = false,
+            }
+        }
+        if tracked && rules_ok {
+            record.rules = Some(rules);
+        }
+        record
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn damaged_rule_lists_are_not_trusted() {
+        let r = Record::parse("tcp 80\nrule 4 nat X notanumber\ntracked\n");
+        assert_eq!(r.mappings.len(), 1);
+        assert_eq!(r.rules, None);
+        let r = Record::parse("rule 4 nat X 5\n");
+        assert_eq!(r.rules, None, "no tracked line: incomplete");
+        let r = Record::parse("rule 6 ip6 hostports 5\ntracked\n");
+        assert_eq!(r.rules.map(|v| v.len()), Some(1));
+    }
 
     #[test]
     fn record_list_forget() {
@@ -150,22 +235,37 @@ mod tests {
             protocol: Proto::Tcp,
             host_ip: None,
         };
-        a.record("c2", &[]).unwrap();
-        a.record("c1", &[tcp]).unwrap();
-        a.record("c1", &[udp, tcp]).unwrap();
-        b.record("c3", &[]).unwrap();
+        let rule = RuleRef {
+            family: IpFamily::V6,
+            table: "nat".into(),
+            chain: "CNI-HOSTPORT-DNAT".into(),
+            handle: 77,
+        };
+        a.record("c2", &[], None).unwrap();
+        a.record("c1", &[tcp], None).unwrap();
+        a.record("c1", &[udp, tcp], Some(std::slice::from_ref(&rule)))
+            .unwrap();
+        b.record("c3", &[], Some(&[])).unwrap();
         assert_eq!(a.containers().unwrap(), ["c1", "c2"]);
-        let back = a.mappings("c1");
-        assert_eq!(back.len(), 2);
-        assert_eq!((back[0].protocol, back[0].host_port), (Proto::Udp, 5353));
-        assert_eq!(back[0].host_ip, udp.host_ip);
+        let back = a.read("c1").unwrap();
+        assert_eq!(back.mappings.len(), 2);
         assert_eq!(
-            (back[1].protocol, back[1].host_port, back[1].host_ip),
+            (back.mappings[0].protocol, back.mappings[0].host_port),
+            (Proto::Udp, 5353)
+        );
+        assert_eq!(back.mappings[0].host_ip, udp.host_ip);
+        assert_eq!(
+            (
+                back.mappings[1].protocol,
+                back.mappings[1].host_port,
+                back.mappings[1].host_ip
+            ),
             (Proto::Tcp, 80, None)
         );
-        assert!(a.mappings("c2").is_empty());
-        assert!(a.mappings("nope").is_empty());
-        assert_eq!(b.containers().unwrap(), ["c3"]);
+        assert_eq!(back.rules, Some(vec![rule]));
+        assert_eq!(a.read("c2").unwrap(), Record::default());
+        assert_eq!(b.read("c3").unwrap().rules, Some(vec![]));
+        assert!(a.read("nope").is_none());
         a.forget("c1").unwrap();
         a.forget("c1").unwrap();
         a.forget("c2").unwrap();
