@@ -392,6 +392,101 @@ mod tests {
         assert!(!is_nft_multi(Path::new("/usr/sbin/iptables")));
     }
 
+    fn added(
+        family: IpFamily,
+        table: &str,
+        chain: &str,
+        handle: u64,
+        comment: Option<&str>,
+        jumps: &[&str],
+    ) -> AddedRule {
+        AddedRule {
+            family,
+            table: table.into(),
+            chain: chain.into(),
+            rule: KernelRule {
+                handle,
+                comment: comment.map(str::to_string),
+                jumps: jumps.iter().map(|j| j.to_string()).collect(),
+                exprs: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn tracking_keeps_only_this_containers_rules_and_only_when_complete() {
+        use crate::nat::portmap::{PortMapping, Proto};
+        let tcp = |port| PortMapping {
+            host_port: port,
+            container_port: 80,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        };
+        let config = PortMapConfig::new("net", "c1", vec![tcp(8080), tcp(8081)]);
+        let chain = names::dnat_chain("net", "c1");
+        let v4: IpNetwork = "10.0.0.2/24".parse().unwrap();
+        let v6: IpNetwork = "fd00::2/64".parse().unwrap();
+
+        // iptables: one multiport entry per family, jumping to the container chain.
+        let seen = [
+            added(IpFamily::V4, "nat", HOSTPORT_DNAT_CHAIN, 7, None, &[&chain]),
+            added(
+                IpFamily::V4,
+                "nat",
+                &chain,
+                8,
+                None,
+                &[HOSTPORT_SETMARK_CHAIN],
+            ),
+            added(
+                IpFamily::V4,
+                "nat",
+                HOSTPORT_DNAT_CHAIN,
+                9,
+                None,
+                &["CNI-DN-other"],
+            ),
+            added(IpFamily::V6, "nat", HOSTPORT_DNAT_CHAIN, 3, None, &[&chain]),
+        ];
+        let got = select_tracked(&seen, Backend::Iptables, &config, &[v4, v6]).unwrap();
+        assert_eq!(
+            got.iter().map(|r| (r.family, r.handle)).collect::<Vec<_>>(),
+            [(IpFamily::V4, 7), (IpFamily::V6, 3)]
+        );
+        assert_eq!(
+            select_tracked(&seen[..3], Backend::Iptables, &config, &[v4, v6]),
+            None,
+            "the v6 entry was not seen: incomplete"
+        );
+
+        // nftables: two DNAT rules and two masquerade rules (v4) with the ID.
+        let t = NFT_HOSTPORT_TABLE;
+        let seen = [
+            added(IpFamily::V4, t, NFT_HOSTPORTS_CHAIN, 1, Some("c1"), &[]),
+            added(IpFamily::V4, t, NFT_HOSTPORTS_CHAIN, 2, Some("c1"), &[]),
+            added(IpFamily::V4, t, NFT_MASQUERADING_CHAIN, 3, Some("c1"), &[]),
+            added(IpFamily::V4, t, NFT_MASQUERADING_CHAIN, 4, Some("c1"), &[]),
+            added(IpFamily::V4, t, NFT_HOSTPORTS_CHAIN, 5, Some("c2"), &[]),
+            added(
+                IpFamily::V4,
+                t,
+                NFT_PREROUTING_CHAIN,
+                6,
+                None,
+                &[NFT_HOSTPORTS_ALL_CHAIN],
+            ),
+        ];
+        let got = select_tracked(&seen, Backend::Nftables, &config, &[v4]).unwrap();
+        assert_eq!(
+            got.iter().map(|r| r.handle).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        assert_eq!(
+            select_tracked(&seen[1..], Backend::Nftables, &config, &[v4]),
+            None
+        );
+    }
+
     #[test]
     fn byte_search() {
         assert!(contains(
