@@ -362,6 +362,40 @@ def traced_peak_rss(argv, env, stdin):
         os.close(fout)
 
 
+def kernel_floor(n):
+    """What the kernel alone charges for the two kinds of teardown every DEL does, each
+    timed as one `ip`/`nft` process against the same process doing a change that costs
+    the kernel nothing: removing a veth (rcu_barrier in netdev_run_todo), and deleting
+    an nf_tables rule (the release waits for an RCU grace period when the tool's
+    netlink socket closes)."""
+    env = {"PATH": PLUGIN_PATH_ENV}
+
+    def run(*argv):
+        ms, code, out, err = spawn(["/usr/bin/env", *argv], env)
+        if code != 0:
+            raise CallFailed(f"{' '.join(argv)}: {err.decode(errors='replace')}")
+        return ms, out
+
+    run("ip", "link", "add", "flr-br", "type", "bridge")
+    run("nft", "add", "table", "ip", "flr")
+    run("nft", "add", "chain", "ip", "flr", "c")
+    res = {"mtu": [], "veth_del": [], "nft_add": [], "nft_del": []}
+    for i in range(n):
+        run("ip", "link", "add", f"flr-h{i}", "type", "veth", "peer", "name", f"flr-c{i}")
+        run("ip", "link", "set", f"flr-h{i}", "master", "flr-br", "up")
+        res["mtu"].append(run("ip", "link", "set", f"flr-c{i}", "mtu", "1400")[0])
+        res["veth_del"].append(run("ip", "link", "del", f"flr-h{i}")[0])
+        ms, out = run("nft", "--echo", "--handle", "add", "rule", "ip", "flr", "c",
+                      "ip", "saddr", f"10.0.{i // 256}.{i % 256}", "accept")
+        res["nft_add"].append(ms)
+        handle = out.decode().rsplit("handle", 1)[-1].strip()
+        res["nft_del"].append(run("nft", "delete", "rule", "ip", "flr", "c", "handle",
+                                  handle)[0])
+    run("nft", "delete", "table", "ip", "flr")
+    run("ip", "link", "del", "flr-br")
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
 def worker_main(spec):
     worker_setup_mounts()
     w = Worker(spec["bindir"], spec["conflist"], spec.get("cnitool"))
@@ -380,6 +414,8 @@ def worker_main(spec):
                 rep = w.ipam(req["verb"], req["i"])
             elif op == "rss":
                 rep = w.rss(req["pod"])
+            elif op == "floor":
+                rep = kernel_floor(req["n"])
             elif op == "true":
                 rep = {"ms": spawn(["/bin/true"], {})[0]}
             elif op == "shell":  # diagnostics (rule counts) inside the private node
@@ -572,6 +608,8 @@ class Bench:
                     if verb == "ADD":
                         self.check_distinct(k, f"concurrent ADD round {rnd}", rep["ips"], conc)
 
+        log("kernel floor: veth removal and nf_tables deletion against no-op changes")
+        self.res["floor"] = rs["ours-ipt"]("floor", n=min(pods, 30))
         log("peak RSS of one chain ADD per plugin")
         for k, r in rs.items():
             self.res[(k, "rss")] = r("rss", pod=0)
@@ -702,6 +740,17 @@ class Bench:
                 for name, kib in v["procs"]:
                     seen[name] = max(seen.get(name, 0), kib)
             w(f"- {labels[k]}: " + ", ".join(f"{n} {kib} KiB" for n, kib in sorted(seen.items())))
+        w("")
+        fl = res["floor"]
+        w("Kernel floor, measured in the same run (median ms of one `ip`/`nft` process "
+          "each): removing a veth from a bridge "
+          f"{fl['veth_del']:.2f} against {fl['mtu']:.2f} for setting its MTU, so "
+          f"**{fl['veth_del'] - fl['mtu']:.1f} ms** of every bridge DEL is the kernel's "
+          "`rcu_barrier()` in `netdev_run_todo`; deleting an nf_tables rule "
+          f"{fl['nft_del']:.2f} against {fl['nft_add']:.2f} for adding one, so "
+          f"**{fl['nft_del'] - fl['nft_add']:.1f} ms** is the RCU grace period that "
+          "the release of any deletion waits for when the committing process closes its "
+          "netfilter socket. Both are paid by the reference too.")
         w("")
         w(f"Rules in the private node (iptables nat `-A` lines / nft rule lines):")
         w("")
