@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::allocator::{self, AddError};
 use crate::config::{self, ConfigError, Context, IpamConfig, RouteSpec};
 use crate::dns;
-use crate::ledger::{Ledger, LedgerError, Owner};
+use crate::ledger::{Ledger, LedgerError, Owner, Session};
 
 /// The only CNI_ARGS key host-local reads (besides `IgnoreUnknown`).
 const KNOWN_ARGS: &[&str] = &["IP"];
@@ -70,6 +70,29 @@ fn load(req: &Request) -> Result<IpamConfig, Error> {
     Ok(config::load(&req.stdin, ctx).map_err(HostLocalError::from)?)
 }
 
+/// Runs `f` on the ledger under its lock. The session is finished (index stamped, lock
+/// released) whatever `f` returns, before its error is mapped.
+fn locked<T, E>(
+    ledger: &Ledger,
+    conf: &IpamConfig,
+    f: impl FnOnce(&mut Session<'_>) -> Result<T, E>,
+) -> Result<T, Error>
+where
+    HostLocalError: From<E>,
+{
+    let mut session = ledger
+        .lock(conf.ranges.len())
+        .map_err(<HostLocalError as From<LedgerError>>::from)?;
+    let out = f(&mut session);
+    session.finish();
+    Ok(out.map_err(HostLocalError::from)?)
+}
+
+/// The network's ledger, created on first use.
+fn ledger(conf: &IpamConfig, req: &Request) -> Result<Ledger, Error> {
+    Ok(Ledger::create(&conf.data_dir, &req.conf.name).map_err(HostLocalError::from)?)
+}
+
 fn route(r: &RouteSpec) -> Route {
     Route {
         dst: r.dst,
@@ -97,20 +120,15 @@ impl HostLocal {
             }
             None => Dns::default(),
         };
-        let ledger =
-            Ledger::create(&conf.data_dir, &req.conf.name).map_err(HostLocalError::from)?;
-        let mut session = ledger
-            .lock(conf.ranges.len())
-            .map_err(HostLocalError::from)?;
-        let got = allocator::add(
-            &mut session,
-            &conf.ranges,
-            &conf.requested,
-            &req.container_id,
-            &req.ifname,
-        );
-        session.finish();
-        let got = got.map_err(HostLocalError::from)?;
+        let got = locked(&ledger(&conf, req)?, &conf, |session| {
+            allocator::add(
+                session,
+                &conf.ranges,
+                &conf.requested,
+                &req.container_id,
+                &req.ifname,
+            )
+        })?;
         let mut ips = Vec::with_capacity(got.len());
         for a in got {
             let address = IpNetwork::new(a.ip, a.prefix)
@@ -164,27 +182,18 @@ impl Plugin for HostLocal {
 
     fn del(&self, req: &Request) -> Result<(), Error> {
         let conf = load(req)?;
-        let ledger =
-            Ledger::create(&conf.data_dir, &req.conf.name).map_err(HostLocalError::from)?;
-        let mut session = ledger
-            .lock(conf.ranges.len())
-            .map_err(HostLocalError::from)?;
-        let released = session.release(&req.container_id, &req.ifname);
-        session.finish();
-        released.map_err(HostLocalError::from)?;
+        locked(&ledger(&conf, req)?, &conf, |session| {
+            session.release(&req.container_id, &req.ifname)
+        })?;
         Ok(())
     }
 
     fn check(&self, req: &Request) -> Result<(), Error> {
         let conf = load(req)?;
-        let ledger =
-            Ledger::create(&conf.data_dir, &req.conf.name).map_err(HostLocalError::from)?;
-        let mut session = ledger
-            .lock(conf.ranges.len())
-            .map_err(HostLocalError::from)?;
-        let held = session.holdings(&req.container_id, &req.ifname);
-        session.finish();
-        if held.map_err(HostLocalError::from)?.is_empty() {
+        let held = locked(&ledger(&conf, req)?, &conf, |session| {
+            session.holdings(&req.container_id, &req.ifname)
+        })?;
+        if held.is_empty() {
             return Err(HostLocalError::NotFound(req.container_id.clone()).into());
         }
         Ok(())
@@ -201,18 +210,15 @@ impl Plugin for HostLocal {
             return Ok(());
         };
         let legacy_ok: HashSet<&str> = valid.iter().map(|(cid, _)| cid.as_str()).collect();
-        let mut session = ledger
-            .lock(conf.ranges.len())
-            .map_err(HostLocalError::from)?;
-        let released = session.release_unless(|owner| match owner {
-            Owner::Attachment { cid, ifname } => valid.contains(&(cid.clone(), ifname.clone())),
-            // An old file names only the container: keep it while any of its attachments
-            // is still valid.
-            Owner::Legacy(cid) => legacy_ok.contains(cid.as_str()),
-            Owner::Unknown => false,
-        });
-        session.finish();
-        released.map_err(HostLocalError::from)?;
+        locked(&ledger, &conf, |session| {
+            session.release_unless(|owner| match owner {
+                Owner::Attachment { cid, ifname } => valid.contains(&(cid.clone(), ifname.clone())),
+                // An old file names only the container: keep it while any of its
+                // attachments is still valid.
+                Owner::Legacy(cid) => legacy_ok.contains(cid.as_str()),
+                Owner::Unknown => false,
+            })
+        })?;
         Ok(())
     }
 
