@@ -7,7 +7,7 @@ use ipnetwork::IpNetwork;
 
 use super::error::NatError;
 use super::nftnl::Nftnl;
-use super::{Backend, IpFamily, iptables, masq_direct, masq_nftnl, nftables, tools};
+use super::{Backend, IpFamily, iptables, masq_direct, masq_nftnl, names, nftables, tools};
 
 /// One entry of `cni.dev/valid-attachments`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,7 +110,12 @@ pub fn teardown_masq(network: &str, ifname: &str, container_id: &str) -> Result<
             errors.push(e.context(|| format!("tear down ipMasq ({family}) for {container_id}")));
         }
     }
-    if Backend::Nftables.available()
+    // Closing it now would wait for the release of what it deleted, and block the
+    // caller's interface removal meanwhile.
+    if let Some(nl) = nl {
+        masq_nftnl::close_at_exit(nl);
+    }
+    if nft_masq_table_may_exist()
         && let Err(e) = nftables::masq::teardown(network, ifname, container_id)
     {
         errors.push(e.context(|| format!("tear down ipMasq (nftables) for {container_id}")));
@@ -135,10 +140,17 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
             errors.push(e.context(|| format!("GC ipMasq ({family}) of network {network}")));
         }
     }
-    if Backend::Nftables.available()
+    if nft_masq_table_may_exist()
         && let Err(e) = nftables::masq::gc(network, valid)
     {
         errors.push(e.context(|| format!("GC ipMasq (nftables) of network {network}")));
     }
     NatError::collect(errors)
+}
+
+/// Whether the nftables ipMasq table needs looking into: `nft` is installed and the
+/// kernel does not say the table is absent (a netlink error means "maybe").
+fn nft_masq_table_may_exist() -> bool {
+    Backend::Nftables.available()
+        && masq_nftnl::inet_table_exists(names::NFT_MASQ_TABLE).unwrap_or(true)
 }

@@ -25,6 +25,7 @@ use super::IpFamily;
 use super::names;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -39,6 +40,7 @@ const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_HDR_LEN: usize = 16;
 const NLA_F_NESTED: u16 = 0x8000;
 
+const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -440,9 +442,64 @@ pub(crate) fn add_new(
     let chain = names::masq_chain(network, container_id);
     let comment = names::masq_comment(network, container_id);
     let (msg, seqs) = batch(family, &chain, &rules, &comment);
+    exchange(&msg, &seqs)
+}
+
+/// Whether nf_tables has table `name` in the `inet` family. DEL asks before running
+/// `nft` to look into the nftables ipMasq table: on a node that never used that
+/// backend the table is absent, and the answer costs a netlink round trip instead of a
+/// process.
+pub(crate) fn inet_table_exists(name: &str) -> io::Result<bool> {
+    let mut attrs = Vec::new();
+    attr_str(&mut attrs, NFTA_TABLE_NAME, name);
+    let mut msg = Vec::new();
+    message(
+        &mut msg,
+        NFT_MSG_GETTABLE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        1,
+        libc::NFPROTO_INET as u8,
+        &attrs,
+    );
+    match exchange(&msg, &[1]) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// How many netfilter sockets [`close_at_exit`] keeps; past that they close at once.
+const PARKED_MAX: usize = 16;
+
+static PARKED: std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Keeps a netfilter netlink socket open until the process exits instead of closing it
+/// now.
+///
+/// Why: the kernel (nf_tables' `NETLINK_URELEASE` handler) makes whoever closes a
+/// netfilter socket wait, with the netns's nf_tables commit mutex held, until the
+/// memory of every deletion committed so far is released, which takes an RCU grace
+/// period (~10 ms). Every interface removal in the netns takes that mutex too (the
+/// netdev notifier of nf_tables). A DEL that closed its socket right after deleting its
+/// rules would therefore hold up its own veth removal by a grace period, making the two
+/// waits consecutive; left to the process exit, the grace period runs while the veth
+/// goes and has usually passed when the socket closes. Plugins are short-lived; a
+/// longer-lived caller leaks at most [`PARKED_MAX`] descriptors.
+pub(crate) fn close_at_exit<T: Send + 'static>(socket: T) {
+    if let Ok(mut parked) = PARKED.lock()
+        && parked.len() < PARKED_MAX
+    {
+        parked.push(Box::new(socket));
+    }
+}
+
+/// Sends `msg` and waits for the acknowledgement of every sequence number in `seqs`;
+/// the first error reported is the result.
+fn exchange(msg: &[u8], seqs: &[u32]) -> io::Result<()> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
-    socket.send_to(&msg, &SocketAddr::new(0, 0), 0)?;
+    socket.send_to(msg, &SocketAddr::new(0, 0), 0)?;
     // One ACK or error per message; the kernel applies all of the batch or none.
     let mut pending = seqs.len();
     let mut first_error = None;
@@ -471,6 +528,7 @@ pub(crate) fn add_new(
             rest = &rest[align4(len).min(rest.len())..];
         }
     }
+    close_at_exit(socket);
     first_error.map_or(Ok(()), Err)
 }
 
@@ -597,6 +655,22 @@ mod tests {
             // The chain exists now: a second add changes nothing.
             assert!(our_ns.run(|| add_new(family, "net", "new", &mine)).is_err());
         }
+    }
+
+    #[test]
+    fn inet_table_lookup() {
+        use crate::nat::testns::TestNs;
+        let Some(ns) = TestNs::new("nftnl-table") else {
+            return;
+        };
+        assert!(!ns.run(|| inet_table_exists("cni_test_t")).unwrap());
+        ns.exec(&["nft", "add", "table", "inet", "cni_test_t"]);
+        assert!(ns.run(|| inet_table_exists("cni_test_t")).unwrap());
+        ns.exec(&["nft", "add", "table", "ip", "cni_other"]);
+        assert!(
+            !ns.run(|| inet_table_exists("cni_other")).unwrap(),
+            "ip, not inet"
+        );
     }
 
     #[test]
