@@ -356,6 +356,37 @@ pub fn unforward_ports_tracked(
     }
 }
 
+/// Test fixtures shared by the iptables and nftables renderers' golden tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{PortMapping, Proto};
+
+    /// A mapping from literals; `ip` is a host IP such as `"0.0.0.0"`.
+    pub fn mapping(host: u16, ctr: u16, protocol: Proto, ip: Option<&str>) -> PortMapping {
+        PortMapping {
+            host_port: host,
+            container_port: ctr,
+            protocol,
+            host_ip: ip.map(|s| s.parse().expect("test host IP")),
+        }
+    }
+
+    /// The mappings of the reference's own portmap tests (portmap_iptables_test.go and
+    /// portmap_nftables_test.go use the same list).
+    pub fn reference_mappings() -> Vec<PortMapping> {
+        vec![
+            mapping(8080, 80, Proto::Tcp, None),
+            mapping(8081, 80, Proto::Tcp, None),
+            mapping(8080, 81, Proto::Udp, None),
+            mapping(8082, 82, Proto::Udp, None),
+            mapping(8083, 83, Proto::Tcp, Some("192.168.0.2")),
+            mapping(8084, 84, Proto::Tcp, Some("0.0.0.0")),
+            mapping(8085, 85, Proto::Tcp, Some("2001:db8:a::1")),
+            mapping(8086, 86, Proto::Tcp, Some("::")),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -263,33 +263,12 @@ pub(crate) fn check(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::portmap::{PortMapping, Proto};
-
-    fn m(host: u16, ctr: u16, proto: Proto, ip: Option<&str>) -> PortMapping {
-        PortMapping {
-            host_port: host,
-            container_port: ctr,
-            protocol: proto,
-            host_ip: ip.map(|s| s.parse().unwrap()),
-        }
-    }
+    use crate::nat::portmap::Proto;
+    use crate::nat::portmap::fixtures::{mapping as m, reference_mappings};
 
     /// portmap_nftables_test.go's configuration.
     fn reference_config() -> PortMapConfig {
-        let mut c = PortMapConfig::new(
-            "test",
-            "icee6giejonei6so",
-            vec![
-                m(8080, 80, Proto::Tcp, None),
-                m(8081, 80, Proto::Tcp, None),
-                m(8080, 81, Proto::Udp, None),
-                m(8082, 82, Proto::Udp, None),
-                m(8083, 83, Proto::Tcp, Some("192.168.0.2")),
-                m(8084, 84, Proto::Tcp, Some("0.0.0.0")),
-                m(8085, 85, Proto::Tcp, Some("2001:db8:a::1")),
-                m(8086, 86, Proto::Tcp, Some("::")),
-            ],
-        );
+        let mut c = PortMapConfig::new("test", "icee6giejonei6so", reference_mappings());
         c.conditions_v4 = vec!["a".into(), "b".into()];
         c.conditions_v6 = vec!["c".into(), "d".into()];
         c
