@@ -19,36 +19,15 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::IpFamily;
 use super::names;
+use super::nftnl::{
+    NFT_JUMP, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA,
+    NFTA_LIST_ELEM, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, Nftnl, Op, push_attr, push_nested,
+    push_str_attr, push_u32_attr,
+};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFNL_MSG_BATCH_BEGIN: u16 = 16;
-const NFNL_MSG_BATCH_END: u16 = 17;
-
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
-const NLMSG_HDR_LEN: usize = 16;
-const NLA_F_NESTED: u16 = 0x8000;
-
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_PAYLOAD_DREG: u16 = 1;
 const NFTA_PAYLOAD_BASE: u16 = 2;
 const NFTA_PAYLOAD_OFFSET: u16 = 3;
@@ -62,11 +41,7 @@ const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
 const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
 /// xtables match/target attributes (`nft_compat`): name, revision, info blob.
 const NFTA_XT_NAME: u16 = 1;
 const NFTA_XT_REV: u16 = 2;
@@ -79,7 +54,6 @@ const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NF_ACCEPT: i32 = 1;
-const NFT_JUMP: i32 = -3;
 /// `struct xt_comment_info`: the comment, NUL-padded.
 const XT_COMMENT_INFO_LEN: usize = 256;
 
@@ -201,44 +175,16 @@ fn layout(network: &str, container_id: &str, nets: &[IpNetwork]) -> Vec<MasqRule
     accepts
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(align4(out.len()), 0);
-}
-
-fn attr_u32(out: &mut Vec<u8>, kind: u16, value: u32) {
-    attr(out, kind, &value.to_be_bytes());
-}
-
-fn attr_str(out: &mut Vec<u8>, kind: u16, text: &str) {
-    let mut bytes = text.as_bytes().to_vec();
-    bytes.push(0);
-    attr(out, kind, &bytes);
-}
-
-fn nested(out: &mut Vec<u8>, kind: u16, build: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    build(&mut inner);
-    attr(out, kind | NLA_F_NESTED, &inner);
-}
-
 /// One element of a rule's expression list.
 fn expr(out: &mut Vec<u8>, name: &str, data: impl FnOnce(&mut Vec<u8>)) {
-    nested(out, NFTA_LIST_ELEM, |e| {
-        attr_str(e, NFTA_EXPR_NAME, name);
-        nested(e, NFTA_EXPR_DATA, data);
+    push_nested(out, NFTA_LIST_ELEM, |e| {
+        push_str_attr(e, NFTA_EXPR_NAME, name);
+        push_nested(e, NFTA_EXPR_DATA, data);
     });
 }
 
 fn data_value(out: &mut Vec<u8>, kind: u16, bytes: &[u8]) {
-    nested(out, kind, |d| attr(d, NFTA_DATA_VALUE, bytes));
+    push_nested(out, kind, |d| push_attr(d, NFTA_DATA_VALUE, bytes));
 }
 
 /// `-s`/`-d` the way iptables-nft matches them: load only the whole bytes of a prefix
@@ -265,23 +211,23 @@ fn addr_match(out: &mut Vec<u8>, field: Field, prefix: &Prefix, negate: bool) {
         .take(len)
         .collect();
     expr(out, "payload", |d| {
-        attr_u32(d, NFTA_PAYLOAD_DREG, NFT_REG_1);
-        attr_u32(d, NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER);
-        attr_u32(d, NFTA_PAYLOAD_OFFSET, offset);
-        attr_u32(d, NFTA_PAYLOAD_LEN, len as u32);
+        push_u32_attr(d, NFTA_PAYLOAD_DREG, NFT_REG_1);
+        push_u32_attr(d, NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER);
+        push_u32_attr(d, NFTA_PAYLOAD_OFFSET, offset);
+        push_u32_attr(d, NFTA_PAYLOAD_LEN, len as u32);
     });
     if bitwise {
         expr(out, "bitwise", |d| {
-            attr_u32(d, NFTA_BITWISE_SREG, NFT_REG_1);
-            attr_u32(d, NFTA_BITWISE_DREG, NFT_REG_1);
-            attr_u32(d, NFTA_BITWISE_LEN, len as u32);
+            push_u32_attr(d, NFTA_BITWISE_SREG, NFT_REG_1);
+            push_u32_attr(d, NFTA_BITWISE_DREG, NFT_REG_1);
+            push_u32_attr(d, NFTA_BITWISE_LEN, len as u32);
             data_value(d, NFTA_BITWISE_MASK, &mask[..len]);
             data_value(d, NFTA_BITWISE_XOR, &vec![0; len]);
         });
     }
     expr(out, "cmp", |d| {
-        attr_u32(d, NFTA_CMP_SREG, NFT_REG_1);
-        attr_u32(
+        push_u32_attr(d, NFTA_CMP_SREG, NFT_REG_1);
+        push_u32_attr(
             d,
             NFTA_CMP_OP,
             if negate { NFT_CMP_NEQ } else { NFT_CMP_EQ },
@@ -292,20 +238,20 @@ fn addr_match(out: &mut Vec<u8>, field: Field, prefix: &Prefix, negate: bool) {
 
 fn xt(out: &mut Vec<u8>, kind: &str, name: &str, info: &[u8]) {
     expr(out, kind, |d| {
-        attr_str(d, NFTA_XT_NAME, name);
-        attr_u32(d, NFTA_XT_REV, 0);
-        attr(d, NFTA_XT_INFO, info);
+        push_str_attr(d, NFTA_XT_NAME, name);
+        push_u32_attr(d, NFTA_XT_REV, 0);
+        push_attr(d, NFTA_XT_INFO, info);
     });
 }
 
 fn verdict(out: &mut Vec<u8>, code: i32, chain: Option<&str>) {
     expr(out, "immediate", |d| {
-        attr_u32(d, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
-        nested(d, NFTA_IMMEDIATE_DATA, |v| {
-            nested(v, NFTA_DATA_VERDICT, |v| {
-                attr(v, NFTA_VERDICT_CODE, &code.to_be_bytes());
+        push_u32_attr(d, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+        push_nested(d, NFTA_IMMEDIATE_DATA, |v| {
+            push_nested(v, NFTA_DATA_VERDICT, |v| {
+                push_attr(v, NFTA_VERDICT_CODE, &code.to_be_bytes());
                 if let Some(chain) = chain {
-                    attr_str(v, NFTA_VERDICT_CHAIN, chain);
+                    push_str_attr(v, NFTA_VERDICT_CHAIN, chain);
                 }
             });
         });
@@ -344,88 +290,6 @@ fn expressions(rule: &MasqRule, comment: &str) -> Vec<u8> {
     out
 }
 
-fn nfproto(family: IpFamily) -> u8 {
-    match family {
-        IpFamily::V4 => libc::NFPROTO_IPV4 as u8,
-        IpFamily::V6 => libc::NFPROTO_IPV6 as u8,
-    }
-}
-
-fn message(out: &mut Vec<u8>, msg: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) {
-    let kind = if (NFNL_MSG_BATCH_BEGIN..=NFNL_MSG_BATCH_END).contains(&msg) {
-        msg
-    } else {
-        (NFNL_SUBSYS_NFTABLES << 8) | msg
-    };
-    let len = NLMSG_HDR_LEN + 4 + attrs.len();
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.push(family);
-    out.push(0); // NFNETLINK_V0
-    // res_id: the subsystem for batch delimiters, zero otherwise.
-    let res_id = if kind == msg { NFNL_SUBSYS_NFTABLES } else { 0 };
-    out.extend_from_slice(&res_id.to_be_bytes());
-    out.extend_from_slice(attrs);
-}
-
-/// The whole transaction: the chain (`-N`: fails if it exists) and its rules.
-fn batch(family: IpFamily, chain: &str, rules: &[MasqRule], comment: &str) -> (Vec<u8>, Vec<u32>) {
-    let fam = nfproto(family);
-    let mut out = Vec::new();
-    let mut seqs = Vec::new();
-    let mut seq = 0u32;
-    let mut next = || {
-        seq += 1;
-        seq
-    };
-    message(
-        &mut out,
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        next(),
-        0,
-        &[],
-    );
-    let mut attrs = Vec::new();
-    attr_str(&mut attrs, NFTA_CHAIN_TABLE, NAT_TABLE);
-    attr_str(&mut attrs, NFTA_CHAIN_NAME, chain);
-    let s = next();
-    seqs.push(s);
-    message(
-        &mut out,
-        NFT_MSG_NEWCHAIN,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        s,
-        fam,
-        &attrs,
-    );
-    for rule in rules {
-        let mut attrs = Vec::new();
-        attr_str(&mut attrs, NFTA_RULE_TABLE, NAT_TABLE);
-        attr_str(&mut attrs, NFTA_RULE_CHAIN, &rule.chain);
-        attr(
-            &mut attrs,
-            NFTA_RULE_EXPRESSIONS | NLA_F_NESTED,
-            &expressions(rule, comment),
-        );
-        let s = next();
-        seqs.push(s);
-        message(
-            &mut out,
-            NFT_MSG_NEWRULE,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
-            s,
-            fam,
-            &attrs,
-        );
-    }
-    message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, next(), 0, &[]);
-    (out, seqs)
-}
-
 /// Creates the container's masquerading chain and rules for `nets` (all of `family`)
 /// in one transaction. The caller has seen that the chain does not exist and that
 /// iptables is the nf_tables flavour; any error means nothing was changed.
@@ -439,10 +303,18 @@ pub(crate) fn add_new(
     if rules.is_empty() {
         return Ok(());
     }
-    let chain = names::masq_chain(network, container_id);
     let comment = names::masq_comment(network, container_id);
-    let (msg, seqs) = batch(family, &chain, &rules, &comment);
-    exchange(&msg, &seqs)
+    let mut ops = vec![Op::NewChain {
+        chain: names::masq_chain(network, container_id),
+    }];
+    ops.extend(rules.iter().map(|rule| Op::AppendRule {
+        chain: rule.chain.clone(),
+        exprs: expressions(rule, &comment),
+    }));
+    let mut nl = Nftnl::open()?;
+    let result = nl.commit(family, NAT_TABLE, &ops);
+    close_at_exit(nl);
+    result
 }
 
 /// Whether nf_tables has table `name` in the `inet` family. DEL asks before running
@@ -450,22 +322,10 @@ pub(crate) fn add_new(
 /// backend the table is absent, and the answer costs a netlink round trip instead of a
 /// process.
 pub(crate) fn inet_table_exists(name: &str) -> io::Result<bool> {
-    let mut attrs = Vec::new();
-    attr_str(&mut attrs, NFTA_TABLE_NAME, name);
-    let mut msg = Vec::new();
-    message(
-        &mut msg,
-        NFT_MSG_GETTABLE,
-        NLM_F_REQUEST | NLM_F_ACK,
-        1,
-        libc::NFPROTO_INET as u8,
-        &attrs,
-    );
-    match exchange(&msg, &[1]) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
+    let mut nl = Nftnl::open()?;
+    let result = nl.inet_table_exists(name);
+    close_at_exit(nl);
+    result
 }
 
 /// How many netfilter sockets [`close_at_exit`] keeps; past that they close at once.
@@ -492,44 +352,6 @@ pub(crate) fn close_at_exit<T: Send + 'static>(socket: T) {
     {
         parked.push(Box::new(socket));
     }
-}
-
-/// Sends `msg` and waits for the acknowledgement of every sequence number in `seqs`;
-/// the first error reported is the result.
-fn exchange(msg: &[u8], seqs: &[u32]) -> io::Result<()> {
-    let mut socket = Socket::new(NETLINK_NETFILTER)?;
-    socket.bind_auto()?;
-    socket.send_to(msg, &SocketAddr::new(0, 0), 0)?;
-    // One ACK or error per message; the kernel applies all of the batch or none.
-    let mut pending = seqs.len();
-    let mut first_error = None;
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    while pending > 0 {
-        buf.clear();
-        let n = socket.recv(&mut buf, 0)?;
-        let mut rest = buf.get(..n).unwrap_or(&buf[..]);
-        while rest.len() >= NLMSG_HDR_LEN {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if len < NLMSG_HDR_LEN || len > rest.len() {
-                return Err(io::Error::other("malformed netlink reply"));
-            }
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            let seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
-            if kind == NLMSG_ERROR && seqs.contains(&seq) {
-                pending -= 1;
-                let code = rest
-                    .get(NLMSG_HDR_LEN..NLMSG_HDR_LEN + 4)
-                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or_else(|| io::Error::other("short netlink error"))?;
-                if code != 0 && first_error.is_none() {
-                    first_error = Some(io::Error::from_raw_os_error(-code));
-                }
-            }
-            rest = &rest[align4(len).min(rest.len())..];
-        }
-    }
-    close_at_exit(socket);
-    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

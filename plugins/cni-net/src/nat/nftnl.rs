@@ -8,8 +8,8 @@
 //! rules are found by their comment, and iptables-nft's rules live in nf_tables too
 //! (`table ip nat`), where the jumps to a container chain are immediate verdicts.
 //!
-//! Building rules stays with `nft` and `iptables-restore`: their bytecode is theirs.
-//! Callers treat every error here as "use the tools instead".
+//! Building rules' expressions is the caller's (see `masq_nftnl`); this module frames
+//! the messages and batches. Callers treat every error here as "use the tools instead".
 
 use std::io;
 
@@ -18,6 +18,8 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use super::IpFamily;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_GETRULE: u16 = 7;
@@ -33,10 +35,15 @@ const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NLA_F_NESTED: u16 = 0x8000;
 const NLMSG_HDR_LEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
+const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -44,17 +51,17 @@ const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
+pub(crate) const NFTA_LIST_ELEM: u16 = 1;
+pub(crate) const NFTA_EXPR_NAME: u16 = 1;
+pub(crate) const NFTA_EXPR_DATA: u16 = 2;
+pub(crate) const NFTA_IMMEDIATE_DATA: u16 = 2;
+pub(crate) const NFTA_DATA_VERDICT: u16 = 2;
+pub(crate) const NFTA_VERDICT_CODE: u16 = 1;
+pub(crate) const NFTA_VERDICT_CHAIN: u16 = 2;
 /// libnftnl's user-data TLV type for a rule comment (what `nft ... comment` and
 /// iptables-nft's `-m comment` store).
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
-const NFT_JUMP: i32 = -3;
+pub(crate) const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
 
 /// Generous: one dump datagram is at most a few pages, and a truncated read is an error.
@@ -74,9 +81,25 @@ pub(crate) struct KernelRule {
 /// One change of a [`Nftnl::commit`] batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
-    DeleteRule { chain: String, handle: u64 },
-    FlushChain { chain: String },
-    DeleteChain { chain: String },
+    DeleteRule {
+        chain: String,
+        handle: u64,
+    },
+    FlushChain {
+        chain: String,
+    },
+    DeleteChain {
+        chain: String,
+    },
+    /// Creates a chain that must not exist yet (`iptables -N`).
+    NewChain {
+        chain: String,
+    },
+    /// Appends a rule made of `exprs`, the `NFTA_RULE_EXPRESSIONS` payload.
+    AppendRule {
+        chain: String,
+        exprs: Vec<u8>,
+    },
 }
 
 /// An open `NETLINK_NETFILTER` socket.
@@ -104,17 +127,24 @@ impl Nftnl {
 
     /// Whether `table`/`chain` exists in `family`.
     pub fn chain_exists(&mut self, family: IpFamily, table: &str, chain: &str) -> io::Result<bool> {
-        let seq = self.next_seq();
         let mut attrs = Vec::new();
         push_str_attr(&mut attrs, NFTA_CHAIN_TABLE, table);
         push_str_attr(&mut attrs, NFTA_CHAIN_NAME, chain);
-        self.send(&message(
-            NFT_MSG_GETCHAIN,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            nfproto(family),
-            &attrs,
-        ))?;
+        self.exists(NFT_MSG_GETCHAIN, nfproto(family), &attrs)
+    }
+
+    /// Whether table `name` exists in the `inet` family.
+    pub fn inet_table_exists(&mut self, name: &str) -> io::Result<bool> {
+        let mut attrs = Vec::new();
+        push_str_attr(&mut attrs, NFTA_TABLE_NAME, name);
+        self.exists(NFT_MSG_GETTABLE, libc::NFPROTO_INET as u8, &attrs)
+    }
+
+    /// Whether the object a GET request `msg` names exists: the kernel answers with it,
+    /// or with `ENOENT`.
+    fn exists(&mut self, msg: u16, proto: u8, attrs: &[u8]) -> io::Result<bool> {
+        let seq = self.next_seq();
+        self.send(&message(msg, NLM_F_REQUEST | NLM_F_ACK, seq, proto, attrs))?;
         let mut found = false;
         match self.replies(seq, true, |_| found = true) {
             Ok(()) => Ok(found),
@@ -193,14 +223,12 @@ impl Nftnl {
             return Ok(());
         }
         let mut batch = message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, self.next_seq(), 0, &[]);
-        // The batch header names the subsystem in its res_id field.
-        batch[NLMSG_HDR_LEN + 2..NLMSG_HDR_LEN + 4]
-            .copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
         let mut seqs = Vec::with_capacity(ops.len());
         for op in ops {
             let seq = self.next_seq();
             seqs.push(seq);
             let mut attrs = Vec::new();
+            let mut flags = NLM_F_REQUEST | NLM_F_ACK;
             let kind = match op {
                 Op::DeleteRule { chain, handle } => {
                     push_str_attr(&mut attrs, NFTA_RULE_TABLE, table);
@@ -218,19 +246,29 @@ impl Nftnl {
                     push_str_attr(&mut attrs, NFTA_CHAIN_NAME, chain);
                     NFT_MSG_DELCHAIN
                 }
+                Op::NewChain { chain } => {
+                    push_str_attr(&mut attrs, NFTA_CHAIN_TABLE, table);
+                    push_str_attr(&mut attrs, NFTA_CHAIN_NAME, chain);
+                    flags |= NLM_F_CREATE | NLM_F_EXCL;
+                    NFT_MSG_NEWCHAIN
+                }
+                Op::AppendRule { chain, exprs } => {
+                    push_str_attr(&mut attrs, NFTA_RULE_TABLE, table);
+                    push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
+                    push_attr(&mut attrs, NFTA_RULE_EXPRESSIONS | NLA_F_NESTED, exprs);
+                    flags |= NLM_F_CREATE | NLM_F_APPEND;
+                    NFT_MSG_NEWRULE
+                }
             };
-            batch.extend(message(
-                kind,
-                NLM_F_REQUEST | NLM_F_ACK,
-                seq,
-                nfproto(family),
-                &attrs,
-            ));
+            batch.extend(message(kind, flags, seq, nfproto(family), &attrs));
         }
-        let mut end = message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self.next_seq(), 0, &[]);
-        end[NLMSG_HDR_LEN + 2..NLMSG_HDR_LEN + 4]
-            .copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-        batch.extend(end);
+        batch.extend(message(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            self.next_seq(),
+            0,
+            &[],
+        ));
         self.send(&batch)?;
 
         // One ACK or error per message; the batch is void if any of them failed.
@@ -390,12 +428,14 @@ fn message(msg: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> 
     out.extend_from_slice(&0u32.to_ne_bytes());
     out.push(family);
     out.push(0); // NFNETLINK_V0
-    out.extend_from_slice(&0u16.to_be_bytes());
+    // res_id: batch delimiters name the subsystem there, other messages leave it zero.
+    let res_id = if kind == msg { NFNL_SUBSYS_NFTABLES } else { 0 };
+    out.extend_from_slice(&res_id.to_be_bytes());
     out.extend_from_slice(attrs);
     out
 }
 
-fn push_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+pub(crate) fn push_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -403,10 +443,22 @@ fn push_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     out.resize(out.len() + align4(len) - len, 0);
 }
 
-fn push_str_attr(out: &mut Vec<u8>, kind: u16, text: &str) {
+pub(crate) fn push_str_attr(out: &mut Vec<u8>, kind: u16, text: &str) {
     let mut payload = text.as_bytes().to_vec();
     payload.push(0);
     push_attr(out, kind, &payload);
+}
+
+/// nf_tables numbers are big-endian on the wire.
+pub(crate) fn push_u32_attr(out: &mut Vec<u8>, kind: u16, value: u32) {
+    push_attr(out, kind, &value.to_be_bytes());
+}
+
+/// A nested attribute whose content `build` appends.
+pub(crate) fn push_nested(out: &mut Vec<u8>, kind: u16, build: impl FnOnce(&mut Vec<u8>)) {
+    let mut inner = Vec::new();
+    build(&mut inner);
+    push_attr(out, kind | NLA_F_NESTED, &inner);
 }
 
 /// `(type, seq, body after the header)` of each message in a datagram.
@@ -639,8 +691,10 @@ mod tests {
     fn batch_messages_keep_their_own_type() {
         let m = message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, &[]);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), 16);
+        assert_eq!(u16::from_be_bytes([m[18], m[19]]), NFNL_SUBSYS_NFTABLES);
         let m = message(NFT_MSG_DELRULE, NLM_F_REQUEST, 1, 2, &[]);
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), 0x0a08);
         assert_eq!(m[16], 2);
+        assert_eq!(u16::from_be_bytes([m[18], m[19]]), 0);
     }
 }
