@@ -17,6 +17,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::IpFamily;
 use super::error::NatError;
+use super::nftnl;
 use super::portmap::{PortMapping, Proto};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -83,6 +84,18 @@ pub fn delete_matching(family: IpFamily, filters: &[DstFilter]) -> Result<usize,
     socket
         .bind_auto()
         .map_err(err("bind netfilter netlink socket"))?;
+    let result = delete_on(&socket, family, filters);
+    // Its release would wait for nf_tables' pending deletions (see close_at_exit).
+    nftnl::close_at_exit(socket);
+    result
+}
+
+/// [`delete_matching`] on an open ctnetlink socket.
+fn delete_on(socket: &Socket, family: IpFamily, filters: &[DstFilter]) -> Result<usize, NatError> {
+    let err = |context: &str| {
+        let context = context.to_string();
+        move |source: io::Error| NatError::Conntrack { context, source }
+    };
     let kernel = SocketAddr::new(0, 0);
 
     let dump = request(
@@ -96,7 +109,7 @@ pub fn delete_matching(family: IpFamily, filters: &[DstFilter]) -> Result<usize,
         .send_to(&dump, &kernel, 0)
         .map_err(err("dump conntrack table"))?;
     let mut victims: Vec<Vec<u8>> = Vec::new();
-    for_each_reply(&socket, 1, |payload| {
+    for_each_reply(socket, 1, |payload| {
         let entry = Entry::parse(payload);
         if filters
             .iter()
@@ -121,7 +134,7 @@ pub fn delete_matching(family: IpFamily, filters: &[DstFilter]) -> Result<usize,
         socket
             .send_to(&msg, &kernel, 0)
             .map_err(err("delete conntrack entry"))?;
-        match for_each_reply(&socket, seq, |_| {}) {
+        match for_each_reply(socket, seq, |_| {}) {
             Ok(()) => deleted += 1,
             // Expired or deleted by someone else since the dump: what we wanted.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
-use super::nftnl::Nftnl;
+use super::nftnl::{self, Nftnl};
 use super::{Backend, IpFamily, iptables, masq_direct, masq_nftnl, names, nftables, tools};
 
 /// One entry of `cni.dev/valid-attachments`.
@@ -113,7 +113,7 @@ pub fn teardown_masq(network: &str, ifname: &str, container_id: &str) -> Result<
     // Closing it now would wait for the release of what it deleted, and block the
     // caller's interface removal meanwhile.
     if let Some(nl) = nl {
-        masq_nftnl::close_at_exit(nl);
+        nftnl::close_at_exit(nl);
     }
     if nft_masq_table_may_exist()
         && let Err(e) = nftables::masq::teardown(network, ifname, container_id)

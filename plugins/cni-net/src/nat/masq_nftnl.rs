@@ -24,8 +24,8 @@ use super::IpFamily;
 use super::names;
 use super::nftnl::{
     NFT_JUMP, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA,
-    NFTA_LIST_ELEM, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, Nftnl, Op, push_attr, push_nested,
-    push_str_attr, push_u32_attr,
+    NFTA_LIST_ELEM, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, Op, push_attr, push_nested,
+    push_str_attr, push_u32_attr, with_socket,
 };
 
 const NFTA_PAYLOAD_DREG: u16 = 1;
@@ -311,10 +311,7 @@ pub(crate) fn add_new(
         chain: rule.chain.clone(),
         exprs: expressions(rule, &comment),
     }));
-    let mut nl = Nftnl::open()?;
-    let result = nl.commit(family, NAT_TABLE, &ops);
-    close_at_exit(nl);
-    result
+    with_socket(|nl| nl.commit(family, NAT_TABLE, &ops))
 }
 
 /// Whether nf_tables has table `name` in the `inet` family. DEL asks before running
@@ -322,36 +319,7 @@ pub(crate) fn add_new(
 /// backend the table is absent, and the answer costs a netlink round trip instead of a
 /// process.
 pub(crate) fn inet_table_exists(name: &str) -> io::Result<bool> {
-    let mut nl = Nftnl::open()?;
-    let result = nl.inet_table_exists(name);
-    close_at_exit(nl);
-    result
-}
-
-/// How many netfilter sockets [`close_at_exit`] keeps; past that they close at once.
-const PARKED_MAX: usize = 16;
-
-static PARKED: std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// Keeps a netfilter netlink socket open until the process exits instead of closing it
-/// now.
-///
-/// Why: the kernel (nf_tables' `NETLINK_URELEASE` handler) makes whoever closes a
-/// netfilter socket wait, with the netns's nf_tables commit mutex held, until the
-/// memory of every deletion committed so far is released, which takes an RCU grace
-/// period (~10 ms). Every interface removal in the netns takes that mutex too (the
-/// netdev notifier of nf_tables). A DEL that closed its socket right after deleting its
-/// rules would therefore hold up its own veth removal by a grace period, making the two
-/// waits consecutive; left to the process exit, the grace period runs while the veth
-/// goes and has usually passed when the socket closes. Plugins are short-lived; a
-/// longer-lived caller leaks at most [`PARKED_MAX`] descriptors.
-pub(crate) fn close_at_exit<T: Send + 'static>(socket: T) {
-    if let Ok(mut parked) = PARKED.lock()
-        && parked.len() < PARKED_MAX
-    {
-        parked.push(Box::new(socket));
-    }
+    with_socket(|nl| nl.inet_table_exists(name))
 }
 
 #[cfg(test)]

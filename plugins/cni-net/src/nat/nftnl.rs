@@ -335,6 +335,41 @@ impl Nftnl {
     }
 }
 
+/// How many netfilter sockets [`close_at_exit`] keeps; past that they close at once.
+const PARKED_MAX: usize = 16;
+
+static PARKED: std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Keeps a netfilter netlink socket open until the process exits instead of closing it
+/// now. Every netfilter socket of a plugin call goes here: nf_tables, ctnetlink, the
+/// notification listener.
+///
+/// Why: the kernel (nf_tables' `NETLINK_URELEASE` handler) makes whoever closes a
+/// netfilter socket wait, with the netns's nf_tables commit mutex held, until the
+/// memory of every deletion committed so far is released, which takes an RCU grace
+/// period (~10 ms). Every interface removal in the netns takes that mutex too (the
+/// netdev notifier of nf_tables). A DEL that closed its socket right after deleting its
+/// rules would therefore hold up its own veth removal by a grace period, making the two
+/// waits consecutive; left to the process exit, the grace period runs while the veth
+/// goes and has usually passed when the socket closes. Plugins are short-lived; a
+/// longer-lived caller leaks at most [`PARKED_MAX`] descriptors.
+pub(crate) fn close_at_exit<T: Send + 'static>(socket: T) {
+    if let Ok(mut parked) = PARKED.lock()
+        && parked.len() < PARKED_MAX
+    {
+        parked.push(Box::new(socket));
+    }
+}
+
+/// Runs `f` on a fresh socket, which is then kept open until exit ([`close_at_exit`]).
+pub(crate) fn with_socket<R>(f: impl FnOnce(&mut Nftnl) -> io::Result<R>) -> io::Result<R> {
+    let mut nl = Nftnl::open()?;
+    let result = f(&mut nl);
+    close_at_exit(nl);
+    result
+}
+
 /// A rule some process just added, as the kernel announced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct AddedRule {

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
-use super::nftnl::{Monitor, Nftnl, Op};
+use super::nftnl::{self, Monitor, Nftnl, Op};
 use super::{Backend, IpFamily, iptables, names, nftables, portmap_direct, tools};
 
 /// Transport protocol of a mapping.
@@ -179,10 +179,14 @@ pub fn forward_ports_tracked(
     let _lock = tools::lock()?;
     // Opened before any rule is written, so that no announcement is missed.
     let monitor = Monitor::open().ok();
-    forward_locked(backend, config, &targets, prior)?;
-    Ok(monitor
-        .and_then(|m| m.added_rules().ok())
-        .and_then(|added| portmap_direct::select_tracked(&added, backend, config, &targets)))
+    let result = forward_locked(backend, config, &targets, prior);
+    let added = monitor.and_then(|m| {
+        let added = m.added_rules().ok();
+        nftnl::close_at_exit(m);
+        added
+    });
+    result?;
+    Ok(added.and_then(|added| portmap_direct::select_tracked(&added, backend, config, &targets)))
 }
 
 fn forward_locked(
@@ -194,30 +198,11 @@ fn forward_locked(
     match backend {
         Backend::Iptables => {
             let mut nl = Nftnl::open().ok();
-            for &target in targets {
-                let family = IpFamily::of(target.ip());
-                if portmap_direct::iptables_is_nft(family)
-                    && let Some(nl) = nl.as_mut()
-                    && matches!(
-                        portmap_direct::iptables_forward_new(nl, config, target),
-                        Ok(true)
-                    )
-                {
-                    continue;
-                }
-                iptables::transact(family, |saved| {
-                    iptables::portmap::render_forward(saved, config, target)
-                })
-                .map_err(|e| {
-                    e.context(|| {
-                        format!(
-                            "set up port mappings ({family}) for {}",
-                            config.container_id
-                        )
-                    })
-                })?;
+            let result = iptables_forward(nl.as_mut(), config, targets);
+            if let Some(nl) = nl {
+                nftnl::close_at_exit(nl);
             }
-            Ok(())
+            result
         }
         Backend::Nftables => nftables::portmap::forward(config, targets, prior).map_err(|e| {
             e.context(|| {
@@ -228,6 +213,39 @@ fn forward_locked(
             })
         }),
     }
+}
+
+/// The iptables backend's ADD: straight into nf_tables where `nl` can, by
+/// `iptables-restore` otherwise.
+fn iptables_forward(
+    mut nl: Option<&mut Nftnl>,
+    config: &PortMapConfig,
+    targets: &[IpNetwork],
+) -> Result<(), NatError> {
+    for &target in targets {
+        let family = IpFamily::of(target.ip());
+        if portmap_direct::iptables_is_nft(family)
+            && let Some(nl) = nl.as_deref_mut()
+            && matches!(
+                portmap_direct::iptables_forward_new(nl, config, target),
+                Ok(true)
+            )
+        {
+            continue;
+        }
+        iptables::transact(family, |saved| {
+            iptables::portmap::render_forward(saved, config, target)
+        })
+        .map_err(|e| {
+            e.context(|| {
+                format!(
+                    "set up port mappings ({family}) for {}",
+                    config.container_id
+                )
+            })
+        })?;
+    }
+    Ok(())
 }
 
 /// CHECK: every rule [`forward_ports`] would install is present.
@@ -313,20 +331,23 @@ pub fn unforward_ports_tracked(
                     }));
                 }
             }
+            if let Some(nl) = nl {
+                nftnl::close_at_exit(nl);
+            }
             if usable == 0 {
                 return Err(NatError::ToolMissing("iptables-restore"));
             }
             NatError::collect(errors)
         }
         Backend::Nftables => {
-            let direct = Nftnl::open().and_then(|mut nl| {
+            let direct = nftnl::with_socket(|nl| {
                 for family in [IpFamily::V4, IpFamily::V6] {
                     if !family.enabled() {
                         continue;
                     }
                     let known = match known {
                         Some(refs) => {
-                            portmap_direct::nft_known_rules(&mut nl, family, container_id, refs)?
+                            portmap_direct::nft_known_rules(nl, family, container_id, refs)?
                         }
                         None => None,
                     };
@@ -341,7 +362,7 @@ pub fn unforward_ports_tracked(
                                 .collect();
                             nl.commit(family, names::NFT_HOSTPORT_TABLE, &ops)?;
                         }
-                        None => portmap_direct::nft_unforward(&mut nl, family, container_id)?,
+                        None => portmap_direct::nft_unforward(nl, family, container_id)?,
                     }
                 }
                 Ok(())

@@ -14,7 +14,7 @@ use crate::nat::names::{
     NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN, NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN,
     NFT_PREROUTING_CHAIN,
 };
-use crate::nat::nftnl::Nftnl;
+use crate::nat::nftnl;
 use crate::nat::portmap::{PortMapConfig, RuleRef};
 use crate::nat::portmap_direct;
 
@@ -163,26 +163,21 @@ pub(crate) fn forward(
             // The kernel lists just the container's chains (or, with a record, just
             // its recorded rules), far cheaper than `nft -j` printing the whole table;
             // the tool stays as the fallback.
-            let direct = Nftnl::open().and_then(|mut nl| {
+            let direct = nftnl::with_socket(|nl| {
                 let known = match prior {
-                    Some(refs) => portmap_direct::nft_known_rules(
-                        &mut nl,
-                        ip_family,
-                        &config.container_id,
-                        refs,
-                    )?,
+                    Some(refs) => {
+                        portmap_direct::nft_known_rules(nl, ip_family, &config.container_id, refs)?
+                    }
                     None => None,
                 };
                 let rules = match known {
                     Some(rules) => rules,
-                    None => portmap_direct::nft_container_rules(
-                        &mut nl,
-                        ip_family,
-                        &config.container_id,
-                    )?,
+                    None => {
+                        portmap_direct::nft_container_rules(nl, ip_family, &config.container_id)?
+                    }
                 };
                 let ready = config.conditions(ip_family).is_empty()
-                    && portmap_direct::nft_skeleton_ready(&mut nl, ip_family, config.snat)?;
+                    && portmap_direct::nft_skeleton_ready(nl, ip_family, config.snat)?;
                 Ok((rules, ready))
             });
             let (rules, skeleton_ready) = match direct {
