@@ -28,18 +28,18 @@ use super::nftnl::{
     push_str_attr, push_u32_attr, with_socket,
 };
 
-const NFTA_PAYLOAD_DREG: u16 = 1;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
+pub(super) const NFTA_PAYLOAD_DREG: u16 = 1;
+pub(super) const NFTA_PAYLOAD_BASE: u16 = 2;
+pub(super) const NFTA_PAYLOAD_OFFSET: u16 = 3;
+pub(super) const NFTA_PAYLOAD_LEN: u16 = 4;
 const NFTA_BITWISE_SREG: u16 = 1;
 const NFTA_BITWISE_DREG: u16 = 2;
 const NFTA_BITWISE_LEN: u16 = 3;
 const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
-const NFTA_CMP_SREG: u16 = 1;
-const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
+pub(super) const NFTA_CMP_SREG: u16 = 1;
+pub(super) const NFTA_CMP_OP: u16 = 2;
+pub(super) const NFTA_CMP_DATA: u16 = 3;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 /// xtables match/target attributes (`nft_compat`): name, revision, info blob.
@@ -49,20 +49,20 @@ const NFTA_XT_INFO: u16 = 3;
 
 const NFT_REG_VERDICT: u32 = 0;
 /// iptables-nft works in the first 16-byte register.
-const NFT_REG_1: u32 = 1;
+pub(super) const NFT_REG_1: u32 = 1;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_CMP_EQ: u32 = 0;
+pub(super) const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NF_ACCEPT: i32 = 1;
 /// `struct xt_comment_info`: the comment, NUL-padded.
-const XT_COMMENT_INFO_LEN: usize = 256;
+pub(super) const XT_COMMENT_INFO_LEN: usize = 256;
 
 /// iptables-nft's nat table and where container chains are entered from.
 const NAT_TABLE: &str = "nat";
 const POSTROUTING: &str = "POSTROUTING";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Field {
+pub(super) enum Field {
     Source,
     Destination,
 }
@@ -76,9 +76,9 @@ enum Verdict {
 
 /// An address with its prefix length, as `-s`/`-d` take it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Prefix {
-    addr: IpAddr,
-    len: u8,
+pub(super) struct Prefix {
+    pub(super) addr: IpAddr,
+    pub(super) len: u8,
 }
 
 impl std::fmt::Display for Prefix {
@@ -176,20 +176,20 @@ fn layout(network: &str, container_id: &str, nets: &[IpNetwork]) -> Vec<MasqRule
 }
 
 /// One element of a rule's expression list.
-fn expr(out: &mut Vec<u8>, name: &str, data: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn expr(out: &mut Vec<u8>, name: &str, data: impl FnOnce(&mut Vec<u8>)) {
     push_nested(out, NFTA_LIST_ELEM, |e| {
         push_str_attr(e, NFTA_EXPR_NAME, name);
         push_nested(e, NFTA_EXPR_DATA, data);
     });
 }
 
-fn data_value(out: &mut Vec<u8>, kind: u16, bytes: &[u8]) {
+pub(super) fn data_value(out: &mut Vec<u8>, kind: u16, bytes: &[u8]) {
     push_nested(out, kind, |d| push_attr(d, NFTA_DATA_VALUE, bytes));
 }
 
 /// `-s`/`-d` the way iptables-nft matches them: load only the whole bytes of a prefix
 /// that ends on a byte boundary; otherwise load the full address and mask it first.
-fn addr_match(out: &mut Vec<u8>, field: Field, prefix: &Prefix, negate: bool) {
+pub(super) fn addr_match(out: &mut Vec<u8>, field: Field, prefix: &Prefix, negate: bool) {
     let offset: u32 = match (prefix.addr, field) {
         (IpAddr::V4(_), Field::Source) => 12,
         (IpAddr::V4(_), Field::Destination) => 16,
@@ -237,14 +237,19 @@ fn addr_match(out: &mut Vec<u8>, field: Field, prefix: &Prefix, negate: bool) {
 }
 
 fn xt(out: &mut Vec<u8>, kind: &str, name: &str, info: &[u8]) {
+    xt_rev(out, kind, name, 0, info);
+}
+
+/// An xtables match or target (`nft_compat`) of a given revision with its info blob.
+pub(super) fn xt_rev(out: &mut Vec<u8>, kind: &str, name: &str, rev: u32, info: &[u8]) {
     expr(out, kind, |d| {
         push_str_attr(d, NFTA_XT_NAME, name);
-        push_u32_attr(d, NFTA_XT_REV, 0);
+        push_u32_attr(d, NFTA_XT_REV, rev);
         push_attr(d, NFTA_XT_INFO, info);
     });
 }
 
-fn verdict(out: &mut Vec<u8>, code: i32, chain: Option<&str>) {
+pub(super) fn verdict(out: &mut Vec<u8>, code: i32, chain: Option<&str>) {
     expr(out, "immediate", |d| {
         push_u32_attr(d, NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
         push_nested(d, NFTA_IMMEDIATE_DATA, |v| {
@@ -310,6 +315,7 @@ pub(crate) fn add_new(
     ops.extend(rules.iter().map(|rule| Op::AppendRule {
         chain: rule.chain.clone(),
         exprs: expressions(rule, &comment),
+        compat_proto: None,
     }));
     with_socket(|nl| nl.commit(family, NAT_TABLE, &ops))
 }

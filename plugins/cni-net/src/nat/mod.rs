@@ -45,6 +45,7 @@ mod nftables;
 mod nftnl;
 pub mod portmap;
 mod portmap_direct;
+mod portmap_nftnl;
 mod tools;
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_COMPAT: u16 = 5;
+const NFTA_RULE_COMPAT_PROTO: u16 = 1;
+const NFTA_RULE_COMPAT_FLAGS: u16 = 2;
 const NFTA_RULE_USERDATA: u16 = 7;
 pub(crate) const NFTA_LIST_ELEM: u16 = 1;
 pub(crate) const NFTA_EXPR_NAME: u16 = 1;
@@ -99,6 +102,9 @@ pub(crate) enum Op {
     AppendRule {
         chain: String,
         exprs: Vec<u8>,
+        /// The layer 4 protocol iptables' `-p` names, which xtables matches such as
+        /// `multiport` check against (`NFTA_RULE_COMPAT`, as iptables-nft sends it).
+        compat_proto: Option<u8>,
     },
 }
 
@@ -252,10 +258,20 @@ impl Nftnl {
                     flags |= NLM_F_CREATE | NLM_F_EXCL;
                     NFT_MSG_NEWCHAIN
                 }
-                Op::AppendRule { chain, exprs } => {
+                Op::AppendRule {
+                    chain,
+                    exprs,
+                    compat_proto,
+                } => {
                     push_str_attr(&mut attrs, NFTA_RULE_TABLE, table);
                     push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
                     push_attr(&mut attrs, NFTA_RULE_EXPRESSIONS | NLA_F_NESTED, exprs);
+                    if let Some(proto) = compat_proto {
+                        push_nested(&mut attrs, NFTA_RULE_COMPAT, |c| {
+                            push_u32_attr(c, NFTA_RULE_COMPAT_PROTO, u32::from(*proto));
+                            push_u32_attr(c, NFTA_RULE_COMPAT_FLAGS, 0);
+                        });
+                    }
                     flags |= NLM_F_CREATE | NLM_F_APPEND;
                     NFT_MSG_NEWRULE
                 }

@@ -31,6 +31,7 @@ use super::names::{
 use super::nftables::NftRule;
 use super::nftnl::{AddedRule, KernelRule, Nftnl, Op, expr_names};
 use super::portmap::{PortMapConfig, RuleRef};
+use super::portmap_nftnl;
 use super::tools::Tool;
 
 /// iptables-nft keeps its nat table in nf_tables under this name.
@@ -341,6 +342,16 @@ pub(crate) fn iptables_forward_new(
     let chain = names::dnat_chain(&config.network, &config.container_id);
     if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? || !skeleton_ready(nl, family, config)? {
         return Ok(false);
+    }
+    if portmap_nftnl::supported(config, family) {
+        // A failed batch (the chain appeared meanwhile, no nft_compat) changed nothing.
+        return Ok(nl
+            .commit(
+                family,
+                IPT_NAT_TABLE,
+                &portmap_nftnl::ops(config, container),
+            )
+            .is_ok());
     }
     let script = iptables::portmap::render_new_container(config, container);
     // A failed commit (someone created the chain meanwhile, the skeleton went away)

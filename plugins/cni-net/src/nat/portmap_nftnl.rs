@@ -1,0 +1,352 @@
+//! A new container's portmap rules written straight into iptables-nft's `nat` table
+//! over nf_tables netlink, instead of through an `iptables-restore` process.
+//!
+//! Why: `iptables-restore` reads the whole nat table into its cache before it commits,
+//! so its cost grows with every other container mapped on the node. This module sends
+//! the batch `iptables-restore` would send for [`render_new_container`]'s lines — the
+//! same native expressions in the same order, the same xtables `comment`/`multiport`
+//! match and `DNAT` target blobs — so `iptables-save`, `iptables -C/-D`, the Go plugins
+//! and our own teardown cannot tell the difference. The root test
+//! `portmap_nftnl_rules_equal_iptables_restore` holds that against the installed
+//! iptables.
+//!
+//! Only what that test covers is handled: TCP and UDP mappings without `hostIP`, and no
+//! user conditions. Anything else keeps the `iptables-restore` path.
+//!
+//! [`render_new_container`]: super::iptables::portmap::render_new_container
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+
+use super::IpFamily;
+use super::masq_nftnl::{
+    Field, NFT_CMP_EQ, NFT_REG_1, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_PAYLOAD_BASE,
+    NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, Prefix, XT_COMMENT_INFO_LEN,
+    addr_match, data_value, expr, verdict, xt_rev,
+};
+use super::names::{self, HOSTPORT_DNAT_CHAIN, HOSTPORT_SETMARK_CHAIN};
+use super::nftnl::{NFT_JUMP, Op, push_u32_attr};
+use super::portmap::{PortMapConfig, Proto};
+
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+/// multiport accepts at most 15 ports per rule (as `iptables::portmap` groups them).
+const MULTIPORT_MAX: usize = 15;
+/// `struct xt_multiport_v1`, padded to `XT_ALIGN`.
+const XT_MULTIPORT_V1_LEN: usize = 48;
+const XT_MULTIPORT_DESTINATION: u8 = 1;
+/// `struct nf_nat_range2`, padded to `XT_ALIGN`.
+const NF_NAT_RANGE2_LEN: usize = 48;
+const NF_NAT_RANGE_MAP_IPS: u32 = 1;
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+
+/// Whether [`ops`] can write `config` for a container of `family` byte-identically.
+pub(crate) fn supported(config: &PortMapConfig, family: IpFamily) -> bool {
+    config.conditions(family).is_empty()
+        && !config.mappings.is_empty()
+        && config
+            .mappings
+            .iter()
+            .all(|m| m.host_ip.is_none() && matches!(m.protocol, Proto::Tcp | Proto::Udp))
+}
+
+fn protocol_number(proto: Proto) -> u8 {
+    match proto {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+        Proto::Sctp => 132,
+    }
+}
+
+/// `-p PROTO`: iptables-nft matches the layer 4 protocol natively.
+fn l4proto(out: &mut Vec<u8>, proto: Proto) {
+    expr(out, "meta", |d| {
+        push_u32_attr(d, NFTA_META_KEY, NFT_META_L4PROTO);
+        push_u32_attr(d, NFTA_META_DREG, NFT_REG_1);
+    });
+    cmp_eq(out, &[protocol_number(proto)]);
+}
+
+fn cmp_eq(out: &mut Vec<u8>, data: &[u8]) {
+    expr(out, "cmp", |d| {
+        push_u32_attr(d, NFTA_CMP_SREG, NFT_REG_1);
+        push_u32_attr(d, NFTA_CMP_OP, NFT_CMP_EQ);
+        data_value(d, NFTA_CMP_DATA, data);
+    });
+}
+
+/// `-m tcp|udp --dport N`: a native load of the transport header's destination port.
+fn dport(out: &mut Vec<u8>, port: u16) {
+    expr(out, "payload", |d| {
+        push_u32_attr(d, NFTA_PAYLOAD_DREG, NFT_REG_1);
+        push_u32_attr(d, NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
+        push_u32_attr(d, NFTA_PAYLOAD_OFFSET, 2);
+        push_u32_attr(d, NFTA_PAYLOAD_LEN, 2);
+    });
+    cmp_eq(out, &port.to_be_bytes());
+}
+
+fn counter(out: &mut Vec<u8>) {
+    // iptables-nft counts every rule; `counter` without attributes starts at zero.
+    expr(out, "counter", |_| {});
+}
+
+/// One hairpin/localhost mark rule or DNAT rule of the container chain.
+fn chain_rule(
+    proto: Proto,
+    source: Option<Prefix>,
+    port: u16,
+    then: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    l4proto(&mut out, proto);
+    if let Some(prefix) = source {
+        addr_match(&mut out, Field::Source, &prefix, false);
+    }
+    dport(&mut out, port);
+    counter(&mut out);
+    then(&mut out);
+    out
+}
+
+/// `-j DNAT --to-destination IP:PORT` as libxt_DNAT revision 2 sends it: an
+/// `nf_nat_range2` with one address and one port (addresses and ports in network order).
+fn dnat_info(ip: IpAddr, port: u16) -> Vec<u8> {
+    let mut info = (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED)
+        .to_ne_bytes()
+        .to_vec();
+    let mut addr = match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    addr.resize(16, 0);
+    info.extend_from_slice(&addr);
+    info.extend_from_slice(&addr);
+    info.extend_from_slice(&port.to_be_bytes());
+    info.extend_from_slice(&port.to_be_bytes());
+    info.resize(NF_NAT_RANGE2_LEN, 0);
+    info
+}
+
+/// `-m multiport --dports A,B,...` as libxt_multiport revision 1 sends it (ports in
+/// host order).
+fn multiport_info(ports: &[u16]) -> Vec<u8> {
+    let mut info = vec![XT_MULTIPORT_DESTINATION, ports.len() as u8];
+    for i in 0..MULTIPORT_MAX {
+        info.extend_from_slice(&ports.get(i).copied().unwrap_or(0).to_ne_bytes());
+    }
+    info.resize(XT_MULTIPORT_V1_LEN, 0);
+    info
+}
+
+/// The batch creating the container chain, its rules and its entries, in the order of
+/// `render_new_container`. The caller has checked [`supported`].
+pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
+    let family = IpFamily::of(container.ip());
+    let chain = names::dnat_chain(&config.network, &config.container_id);
+    let set_mark = config
+        .external_set_mark_chain
+        .as_deref()
+        .unwrap_or(HOSTPORT_SETMARK_CHAIN);
+    let subnet = Prefix {
+        addr: container.network(),
+        len: container.prefix(),
+    };
+    let localhost = Prefix {
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        len: 32,
+    };
+    let mut ops = vec![Op::NewChain {
+        chain: chain.clone(),
+    }];
+    let mut append = |proto: Proto, exprs: Vec<u8>| {
+        ops.push(Op::AppendRule {
+            chain: chain.clone(),
+            exprs,
+            compat_proto: Some(protocol_number(proto)),
+        })
+    };
+    for m in config.mappings.iter().filter(|m| m.applies_to(family)) {
+        let (proto, port) = (m.protocol, m.host_port);
+        let mark = |out: &mut Vec<u8>| verdict(out, NFT_JUMP, Some(set_mark));
+        if config.snat {
+            // masqAll's any-source hairpin rule carries no source match at all.
+            let hairpin = (!config.masq_all).then_some(subnet);
+            append(proto, chain_rule(proto, hairpin, port, mark));
+            if family == IpFamily::V4 && !config.masq_all {
+                append(proto, chain_rule(proto, Some(localhost), port, mark));
+            }
+        }
+        let info = dnat_info(container.ip(), m.container_port);
+        append(
+            proto,
+            chain_rule(proto, None, port, |out| {
+                xt_rev(out, "target", "DNAT", 2, &info)
+            }),
+        );
+    }
+    let comment = names::dnat_comment(&config.network, &config.container_id);
+    let mut comment_info = comment.as_bytes().to_vec();
+    comment_info.truncate(XT_COMMENT_INFO_LEN - 1);
+    comment_info.resize(XT_COMMENT_INFO_LEN, 0);
+    let mut protos: Vec<Proto> = config.mappings.iter().map(|m| m.protocol).collect();
+    protos.sort();
+    protos.dedup();
+    for proto in protos {
+        let ports: Vec<u16> = config
+            .mappings
+            .iter()
+            .filter(|m| m.protocol == proto)
+            .map(|m| m.host_port)
+            .collect();
+        for group in ports.chunks(MULTIPORT_MAX) {
+            let mut out = Vec::new();
+            l4proto(&mut out, proto);
+            xt_rev(&mut out, "match", "comment", 0, &comment_info);
+            xt_rev(&mut out, "match", "multiport", 1, &multiport_info(group));
+            counter(&mut out);
+            verdict(&mut out, NFT_JUMP, Some(&chain));
+            ops.push(Op::AppendRule {
+                chain: HOSTPORT_DNAT_CHAIN.to_string(),
+                exprs: out,
+                compat_proto: Some(protocol_number(proto)),
+            });
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::iptables::portmap::{render_forward, render_new_container};
+    use crate::nat::iptables::save::{SavedTable, tokenize};
+    use crate::nat::nftnl::Nftnl;
+    use crate::nat::portmap::fixtures::mapping as m;
+    use crate::nat::portmap_direct::iptables_is_nft;
+    use crate::nat::testns::TestNs;
+
+    const EMPTY: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
+
+    fn configs() -> Vec<PortMapConfig> {
+        let mixed = vec![
+            m(8080, 80, Proto::Tcp, None),
+            m(5353, 53, Proto::Udp, None),
+            m(8081, 81, Proto::Tcp, None),
+        ];
+        let many: Vec<_> = (0..20)
+            .map(|i| m(20_000 + i, 80 + i, Proto::Tcp, None))
+            .collect();
+        let mut snat_off = PortMapConfig::new("net", "new", mixed.clone());
+        snat_off.snat = false;
+        let mut masq_all = PortMapConfig::new("net", "new", mixed.clone());
+        masq_all.masq_all = true;
+        let mut external = PortMapConfig::new("net", "new", mixed.clone());
+        external.external_set_mark_chain = Some("KUBE-MARK-MASQ".into());
+        let mut bit5 = PortMapConfig::new("net", "new", mixed.clone());
+        bit5.mark_masq_bit = 5;
+        vec![
+            PortMapConfig::new("net", "new", mixed),
+            PortMapConfig::new("net", "new", many),
+            snat_off,
+            masq_all,
+            external,
+            bit5,
+        ]
+    }
+
+    /// In two fresh namespaces holding the same other container: the new container's
+    /// portmap rules made by `iptables-restore` in one and by [`ops`] in the other read
+    /// back identically — every chain's expressions byte for byte, and the text of
+    /// `iptables-save` — and `iptables -C` finds each rule.
+    #[test]
+    fn portmap_nftnl_rules_equal_iptables_restore() {
+        if !iptables_is_nft(IpFamily::V4) || !iptables_is_nft(IpFamily::V6) {
+            eprintln!("skipping: iptables is not the nf_tables flavour");
+            return;
+        }
+        for (i, config) in configs().into_iter().enumerate() {
+            for container in ["10.88.3.7/16", "10.99.3.7/20", "2001:db8::2/64"] {
+                let container: IpNetwork = container.parse().unwrap();
+                let family = IpFamily::of(container.ip());
+                let v6 = family == IpFamily::V6;
+                assert!(supported(&config, family));
+                let (Some(tool_ns), Some(our_ns)) =
+                    (TestNs::new("pmnl-ipt"), TestNs::new("pmnl-ours"))
+                else {
+                    return;
+                };
+                let (save, restore) = if v6 {
+                    ("ip6tables", "ip6tables-restore")
+                } else {
+                    ("iptables", "iptables-restore")
+                };
+                let mut other = config.clone();
+                other.container_id = "other".into();
+                let saved = SavedTable::parse(EMPTY, "nat").unwrap();
+                let first = render_forward(&saved, &other, container).unwrap();
+                for ns in [&tool_ns, &our_ns] {
+                    ns.exec(&[save, "-w", "-t", "nat", "-N", "KUBE-MARK-MASQ"]);
+                    ns.exec_with(&[restore, "-w", "--noflush"], &[], Some(&first.render()))
+                        .unwrap();
+                }
+                let script = render_new_container(&config, container);
+                tool_ns
+                    .exec_with(&[restore, "-w", "--noflush"], &[], Some(&script.render()))
+                    .unwrap();
+                let ops = ops(&config, container);
+                our_ns
+                    .run(|| Nftnl::open()?.commit(family, "nat", &ops))
+                    .unwrap();
+
+                let what = format!("config {i}, {container}");
+                assert_eq!(tool_ns.nat_dump(v6), our_ns.nat_dump(v6), "{what}");
+                let chains = [
+                    HOSTPORT_DNAT_CHAIN.to_string(),
+                    names::dnat_chain("net", "new"),
+                ];
+                for c in &chains {
+                    let read = |ns: &TestNs| {
+                        ns.run(|| Nftnl::open().unwrap().rules(family, "nat", c).unwrap())
+                            .into_iter()
+                            .map(|r| (r.exprs, r.comment))
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(read(&tool_ns), read(&our_ns), "{what} {c}");
+                }
+                for rule in our_ns.nat_rules(v6) {
+                    let spec: Vec<String> = tokenize(&rule[3..]).unwrap();
+                    let mut args = vec![save, "-t", "nat", "-C"];
+                    args.extend(spec.iter().map(String::as_str));
+                    our_ns.exec(&args);
+                }
+                // The chain exists now: a second batch changes nothing.
+                assert!(
+                    our_ns
+                        .run(|| Nftnl::open()?.commit(family, "nat", &ops))
+                        .is_err()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn supports_only_plain_tcp_and_udp() {
+        let plain = PortMapConfig::new("n", "c", vec![m(80, 80, Proto::Tcp, None)]);
+        assert!(supported(&plain, IpFamily::V4));
+        for other in [
+            m(80, 80, Proto::Sctp, None),
+            m(80, 80, Proto::Tcp, Some("0.0.0.0")),
+        ] {
+            let c = PortMapConfig::new("n", "c", vec![other]);
+            assert!(!supported(&c, IpFamily::V4));
+        }
+        let mut cond = plain.clone();
+        cond.conditions_v6 = vec!["-s".into(), "2001:db8::/64".into()];
+        assert!(supported(&cond, IpFamily::V4));
+        assert!(!supported(&cond, IpFamily::V6));
+    }
+}
