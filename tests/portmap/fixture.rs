@@ -500,8 +500,7 @@ pub fn udp_reply_within(
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, source_port.unwrap_or(0)).into()
         };
-        let socket = std::net::UdpSocket::bind(local)
-            .unwrap_or_else(|e| panic!("bind UDP client {local}: {e}"));
+        let socket = bind_udp_client(local);
         socket.set_read_timeout(Some(wait)).ok()?;
         socket.send_to(b"ping\n", target).ok()?;
         let mut buf = [0u8; 512];
@@ -509,6 +508,22 @@ pub fn udp_reply_within(
         let (n, _) = socket.recv_from(&mut buf).ok()?;
         reply_of(&buf[..n])
     })
+}
+
+/// Binds a UDP client socket. A pinned port can still be held for a moment by the
+/// previous call's socket on its way out, so `EADDRINUSE` is retried for up to a second.
+fn bind_udp_client(local: std::net::SocketAddr) -> std::net::UdpSocket {
+    let mut tries = 0;
+    loop {
+        match std::net::UdpSocket::bind(local) {
+            Ok(socket) => return socket,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("bind UDP client {local}: {e}"),
+        }
+    }
 }
 
 fn reply_of(stdout: &[u8]) -> Option<Reply> {
