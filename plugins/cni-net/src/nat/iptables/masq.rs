@@ -80,15 +80,8 @@ pub(crate) fn render_setup(
     let chain = names::masq_chain(network, container_id);
     let (chain_rules, jumps) = desired(network, container_id, nets);
 
-    let existing_jumps: Vec<_> = saved
-        .jumps_to(&chain)
-        .filter(|r| r.chain != chain)
-        .collect();
-    let chain_ok = saved.has_chain(&chain)
-        && saved
-            .rules_in(&chain)
-            .map(|r| r.tokens.clone())
-            .eq(chain_rules.iter().map(Rule::tokens));
+    let existing_jumps = saved.entries_of(&chain);
+    let chain_ok = saved.chain_holds(&chain, chain_rules.iter().map(Rule::tokens));
     let jumps_ok = existing_jumps.len() == jumps.len()
         && jumps.iter().all(|j| saved.has_rule(&j.chain, &j.tokens()));
     if chain_ok && jumps_ok {

@@ -192,15 +192,8 @@ pub(crate) fn render_forward(
         .into_iter()
         .map(|r| r.words(conditions).jump(&chain))
         .collect();
-    let existing_entries: Vec<_> = saved
-        .jumps_to(&chain)
-        .filter(|r| r.chain != chain)
-        .collect();
-    let chain_ok = saved.has_chain(&chain)
-        && saved
-            .rules_in(&chain)
-            .map(|r| r.tokens.clone())
-            .eq(rules.iter().map(Rule::tokens));
+    let existing_entries = saved.entries_of(&chain);
+    let chain_ok = saved.chain_holds(&chain, rules.iter().map(Rule::tokens));
     let entries_ok = existing_entries.len() == entries.len()
         && existing_entries
             .iter()

@@ -111,6 +111,16 @@ impl SavedTable {
             .filter(move |r| r.target() == Some(target))
     }
 
+    /// The rules outside `chain` that jump to it: its entries.
+    pub fn entries_of<'a>(&'a self, chain: &'a str) -> Vec<&'a SavedRule> {
+        self.jumps_to(chain).filter(|r| r.chain != chain).collect()
+    }
+
+    /// Whether `chain` exists and holds exactly these rules (as tokens), in order.
+    pub fn chain_holds(&self, chain: &str, rules: impl IntoIterator<Item = Vec<String>>) -> bool {
+        self.has_chain(chain) && self.rules_in(chain).map(|r| r.tokens.clone()).eq(rules)
+    }
+
     /// Whether `chain` holds a rule with exactly these tokens.
     pub fn has_rule(&self, chain: &str, tokens: &[String]) -> bool {
         self.rules_in(chain).any(|r| r.tokens == tokens)
