@@ -72,37 +72,57 @@ pub(crate) fn iptables_unforward(
     network: &str,
     container_id: &str,
 ) -> io::Result<bool> {
-    let chain = names::dnat_chain(network, container_id);
-    // Chains of portmap before 0.7 are rare enough to leave to the general path.
-    if nl.chain_exists(
-        family,
-        IPT_NAT_TABLE,
-        &names::old_snat_chain(network, container_id),
-    )? {
+    if has_old_snat_chain(nl, family, network, container_id)? {
         return Ok(false);
     }
-    let exists = nl.chain_exists(family, IPT_NAT_TABLE, &chain)?;
-    let entries: Vec<KernelRule> = nl
+    let chain = names::dnat_chain(network, container_id);
+    let entries: Vec<u64> = nl
         .rules(family, IPT_NAT_TABLE, HOSTPORT_DNAT_CHAIN)?
         .into_iter()
         .filter(|r| r.jumps.contains(&chain))
+        .map(|r| r.handle)
         .collect();
-    let mut ops: Vec<Op> = entries
+    remove_container(nl, family, chain, &entries)?;
+    Ok(true)
+}
+
+/// Chains of portmap before 0.7 are rare enough to leave to the general path.
+fn has_old_snat_chain(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    network: &str,
+    container_id: &str,
+) -> io::Result<bool> {
+    nl.chain_exists(
+        family,
+        IPT_NAT_TABLE,
+        &names::old_snat_chain(network, container_id),
+    )
+}
+
+/// One batch: the container's entry rules in CNI-HOSTPORT-DNAT (by handle), then its
+/// chain, if it exists. Deleting the chain fails (and voids the batch) if anything we
+/// did not know of still jumps to it.
+fn remove_container(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    chain: String,
+    entry_handles: &[u64],
+) -> io::Result<()> {
+    let mut ops: Vec<Op> = entry_handles
         .iter()
-        .map(|r| Op::DeleteRule {
+        .map(|&handle| Op::DeleteRule {
             chain: HOSTPORT_DNAT_CHAIN.to_string(),
-            handle: r.handle,
+            handle,
         })
         .collect();
-    if exists {
+    if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? {
         ops.push(Op::FlushChain {
             chain: chain.clone(),
         });
-        // Fails (and voids the batch) if anything else still jumps here.
         ops.push(Op::DeleteChain { chain });
     }
-    nl.commit(family, IPT_NAT_TABLE, &ops)?;
-    Ok(true)
+    nl.commit(family, IPT_NAT_TABLE, &ops)
 }
 
 /// DEL of one container's iptables rules in one family, with the entry rules' handles
@@ -115,38 +135,24 @@ pub(crate) fn iptables_unforward_known(
     container_id: &str,
     known: &[RuleRef],
 ) -> io::Result<bool> {
-    let chain = names::dnat_chain(network, container_id);
-    if nl.chain_exists(
-        family,
-        IPT_NAT_TABLE,
-        &names::old_snat_chain(network, container_id),
-    )? {
+    if has_old_snat_chain(nl, family, network, container_id)? {
         return Ok(false);
     }
-    let mut ops = Vec::new();
+    let chain = names::dnat_chain(network, container_id);
+    let mut entries = Vec::new();
     for r in known.iter().filter(|r| r.family == family) {
         if r.table != IPT_NAT_TABLE || r.chain != HOSTPORT_DNAT_CHAIN {
             return Ok(false);
         }
         match nl.rule(family, IPT_NAT_TABLE, HOSTPORT_DNAT_CHAIN, r.handle)? {
-            Some(rule) if rule.jumps.contains(&chain) => ops.push(Op::DeleteRule {
-                chain: HOSTPORT_DNAT_CHAIN.to_string(),
-                handle: r.handle,
-            }),
+            Some(rule) if rule.jumps.contains(&chain) => entries.push(r.handle),
             // Gone already: nothing to delete.
             None => {}
             // The handle now names someone else's rule: the record is stale.
             Some(_) => return Ok(false),
         }
     }
-    if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? {
-        ops.push(Op::FlushChain {
-            chain: chain.clone(),
-        });
-        // Fails the batch if an entry we did not know of still jumps here.
-        ops.push(Op::DeleteChain { chain });
-    }
-    nl.commit(family, IPT_NAT_TABLE, &ops)?;
+    remove_container(nl, family, chain, &entries)?;
     Ok(true)
 }
 
