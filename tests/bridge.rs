@@ -392,9 +392,10 @@ fn masq_reaches_outside(backend: &str) {
     );
     node.add(&conf, "c1", &pod);
     assert!(
-        node.rules_of("c1")
-            .iter()
-            .any(|l| l.contains("masquerade") || l.contains("MASQUERADE") || l.contains("CNI-")),
+        node.rules_of("c1").iter().any(|l| l.contains("masquerade")
+            || l.contains("MASQUERADE")
+            || l.contains("CNI-")
+            || l.contains("elements = ")),
         "{}",
         node.nat_state()
     );
@@ -421,6 +422,11 @@ fn ipmasq_iptables_reaches_outside_as_the_node() {
 #[test]
 fn ipmasq_nftables_reaches_outside_as_the_node() {
     masq_reaches_outside("nftables");
+}
+
+#[test]
+fn ipmasq_nftables_sets_reaches_outside_as_the_node() {
+    masq_reaches_outside("nftables-sets");
 }
 
 // ---------------------------------------------------------------------------
@@ -813,6 +819,11 @@ fn del_leaves_nothing_iptables() {
 #[test]
 fn del_leaves_nothing_nftables() {
     leak_free_del("nftables");
+}
+
+#[test]
+fn del_leaves_nothing_nftables_sets() {
+    leak_free_del("nftables-sets");
 }
 
 #[test]

@@ -234,10 +234,24 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The node's `cni_rs_hostport` tables (the opt-in nftables-sets layout).
+    pub fn nft_sets_hostport(&self, v6: bool) -> String {
+        let family = if v6 { "ip6" } else { "ip" };
+        let out = self
+            .host
+            .exec(["nft", "list", "table", family, "cni_rs_hostport"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Both families of whichever backend `backend` is.
     pub fn firewall(&self, backend: &str) -> String {
         match backend {
             "nftables" => format!("{}\n{}", self.nft_hostport(false), self.nft_hostport(true)),
+            "nftables-sets" => format!(
+                "{}\n{}",
+                self.nft_sets_hostport(false),
+                self.nft_sets_hostport(true)
+            ),
             _ => format!("{}\n{}", self.iptables_nat(false), self.iptables_nat(true)),
         }
     }

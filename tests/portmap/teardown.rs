@@ -53,8 +53,28 @@ fn nft_chain_rules(dump: &str, chain: &str) -> Vec<String> {
     out
 }
 
+/// The fixed rules of the nftables-sets layout, per chain.
+const SETS_FIXED: [(&str, &[&str]); 3] = [
+    ("prerouting", &["fib daddr type local jump hostports"]),
+    ("output", &["fib daddr type local jump hostports"]),
+    (
+        "postrouting",
+        &["ct status dnat {f} saddr . {f} daddr @masq masquerade"],
+    ),
+];
+
 fn assert_shared_once(node: &Node, backend: &str) {
-    if backend == "nftables" {
+    if backend == "nftables-sets" {
+        for v6 in [false, true] {
+            let dump = node.nft_sets_hostport(v6);
+            let f = if v6 { "ip6" } else { "ip" };
+            for (chain, rules) in SETS_FIXED {
+                let want: Vec<String> = rules.iter().map(|r| r.replace("{f}", f)).collect();
+                assert_eq!(nft_chain_rules(&dump, chain), want, "{dump}");
+            }
+            assert_eq!(nft_chain_rules(&dump, "hostports").len(), 2, "{dump}");
+        }
+    } else if backend == "nftables" {
         for v6 in [false, true] {
             let dump = node.nft_hostport(v6);
             assert_eq!(
@@ -154,6 +174,11 @@ fn nftables_del_leaves_nothing() {
     del_leaves_nothing("nftables");
 }
 
+#[test]
+fn nftables_sets_del_leaves_nothing() {
+    del_leaves_nothing("nftables-sets");
+}
+
 /// A DEL for a container that never had mappings, on a node that never ran portmap,
 /// succeeds and creates nothing.
 fn del_of_unknown_container_is_fine(backend: &str) {
@@ -181,6 +206,11 @@ fn iptables_del_of_unknown_container_is_fine() {
 #[test]
 fn nftables_del_of_unknown_container_is_fine() {
     del_of_unknown_container_is_fine("nftables");
+}
+
+#[test]
+fn nftables_sets_del_of_unknown_container_is_fine() {
+    del_of_unknown_container_is_fine("nftables-sets");
 }
 
 /// 32 ADDs at once on a node without any portmap state: every container gets its
@@ -220,7 +250,16 @@ fn parallel_cold_adds(backend: &str) {
         }
     });
     assert_shared_once(&node, backend);
-    if backend == "nftables" {
+    if backend == "nftables-sets" {
+        for v6 in [false, true] {
+            let dump = node.nft_sets_hostport(v6);
+            let owned = dump
+                .matches(&format!("comment \"{NETWORK} parallel-"))
+                .count();
+            // One DNAT entry and the hairpin (and, for IPv4, localhost) entries each.
+            assert_eq!(owned, N * if v6 { 2 } else { 3 }, "{dump}");
+        }
+    } else if backend == "nftables" {
         for v6 in [false, true] {
             let dump = node.nft_hostport(v6);
             assert_eq!(nft_chain_rules(&dump, "hostports").len(), N, "{dump}");
@@ -265,6 +304,11 @@ fn iptables_parallel_cold_adds_share_one_skeleton() {
 #[test]
 fn nftables_parallel_cold_adds_share_one_skeleton() {
     parallel_cold_adds("nftables");
+}
+
+#[test]
+fn nftables_sets_parallel_cold_adds_share_one_skeleton() {
+    parallel_cold_adds("nftables-sets");
 }
 
 /// GC removes the rules of this network's containers missing from
@@ -330,4 +374,9 @@ fn iptables_gc_removes_what_the_runtime_forgot() {
 #[test]
 fn nftables_gc_removes_what_the_runtime_forgot() {
     gc_removes_what_the_runtime_forgot("nftables");
+}
+
+#[test]
+fn nftables_sets_gc_removes_what_the_runtime_forgot() {
+    gc_removes_what_the_runtime_forgot("nftables-sets");
 }

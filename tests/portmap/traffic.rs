@@ -66,6 +66,11 @@ fn nftables_every_path_reaches_the_pod_until_del() {
     all_paths_reach_the_pod("nftables");
 }
 
+#[test]
+fn nftables_sets_every_path_reaches_the_pod_until_del() {
+    all_paths_reach_the_pod("nftables-sets");
+}
+
 /// A mapping bound to one host address answers there only; `0.0.0.0` / `::` mean every
 /// address of their own family.
 fn host_ip_binds_the_mapping(backend: &str) {
@@ -162,6 +167,11 @@ fn nftables_host_ip_binds_the_mapping() {
     host_ip_binds_the_mapping("nftables");
 }
 
+#[test]
+fn nftables_sets_host_ip_binds_the_mapping() {
+    host_ip_binds_the_mapping("nftables-sets");
+}
+
 /// A UDP flow keeps its NAT decision while packets keep coming. Sent before the pod
 /// exists it is pinned to "deliver locally"; sent to a pod that is gone, to that pod.
 /// ADD and DEL delete those entries so the flow follows the current mapping.
@@ -245,4 +255,14 @@ fn iptables_stale_udp_flows_end_on_del_without_mappings() {
 #[test]
 fn nftables_stale_udp_flows_end_on_del_without_mappings() {
     stale_udp_flows_follow_the_mapping("nftables", false);
+}
+
+#[test]
+fn nftables_sets_stale_udp_flows_follow_the_mapping() {
+    stale_udp_flows_follow_the_mapping("nftables-sets", true);
+}
+
+#[test]
+fn nftables_sets_stale_udp_flows_end_on_del_without_mappings() {
+    stale_udp_flows_follow_the_mapping("nftables-sets", false);
 }

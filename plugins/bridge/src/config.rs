@@ -81,6 +81,8 @@ struct WireMac {
 pub enum MasqBackend {
     Iptables,
     Nftables,
+    /// Ours only: `nftables-sets`, per-pod set elements under fixed rules.
+    NftablesSets,
 }
 
 /// A validated bridge configuration.
@@ -376,6 +378,7 @@ impl BridgeConf {
             None => (None, None),
             Some("iptables") => (Some(MasqBackend::Iptables), None),
             Some("nftables") => (Some(MasqBackend::Nftables), None),
+            Some("nftables-sets") => (Some(MasqBackend::NftablesSets), None),
             Some(other) => (None, Some(other.to_string())),
         };
 

@@ -11,6 +11,7 @@ fn backend(conf: &BridgeConf) -> Result<Backend, BridgeError> {
     Ok(match conf.masq_backend_checked()? {
         Some(MasqBackend::Iptables) => Backend::Iptables,
         Some(MasqBackend::Nftables) => Backend::Nftables,
+        Some(MasqBackend::NftablesSets) => Backend::NftablesSets,
         None => Backend::detect(),
     })
 }
@@ -26,7 +27,7 @@ pub fn setup(
     Ok(())
 }
 
-/// Removes the container's masquerading from both backends; needs no
+/// Removes the container's masquerading from every layout; needs no
 /// addresses, so it works with the netns gone.
 pub fn teardown(conf: &BridgeConf, ifname: &str, container_id: &str) -> Result<(), BridgeError> {
     nat::teardown_masq(&conf.network, ifname, container_id)?;

@@ -156,7 +156,7 @@ fn select_backend(wire: &Wire, detect: impl FnOnce() -> Backend) -> Result<Backe
         match conditions_backend(conditions.as_deref()) {
             Some(Backend::Iptables) => iptables_only.push(key),
             Some(Backend::Nftables) => nftables_only.push(key),
-            None => {}
+            Some(Backend::NftablesSets) | None => {}
         }
     }
 
@@ -170,6 +170,7 @@ fn select_backend(wire: &Wire, detect: impl FnOnce() -> Backend) -> Result<Backe
     let (other, wrong) = match backend {
         Backend::Iptables => (Backend::Nftables, &nftables_only),
         Backend::Nftables => (Backend::Iptables, &iptables_only),
+        Backend::NftablesSets => return sets_layout_options(wire).map(|()| backend),
     };
     if !wrong.is_empty() {
         return Err(PortmapError::config(format!(
@@ -180,6 +181,32 @@ fn select_backend(wire: &Wire, detect: impl FnOnce() -> Backend) -> Result<Backe
         )));
     }
     Ok(backend)
+}
+
+/// The sets layout's rules are fixed and shared by every pod, so options that would
+/// give one pod's traffic other rules have no place in it: refused by name rather
+/// than ignored. (`markMasqBit` is accepted and unused: no mark is set.)
+fn sets_layout_options(wire: &Wire) -> Result<(), PortmapError> {
+    let mut unsupported = Vec::new();
+    if wire.masq_all == Some(true) {
+        unsupported.push("masqAll");
+    }
+    if wire.external_set_mark_chain.is_some() {
+        unsupported.push("externalSetMarkChain");
+    }
+    if wire.conditions_v4.as_ref().is_some_and(|c| !c.is_empty()) {
+        unsupported.push("conditionsV4");
+    }
+    if wire.conditions_v6.as_ref().is_some_and(|c| !c.is_empty()) {
+        unsupported.push("conditionsV6");
+    }
+    if unsupported.is_empty() {
+        return Ok(());
+    }
+    Err(PortmapError::config(format!(
+        "the nftables-sets backend does not support [{}]",
+        unsupported.join(" ")
+    )))
 }
 
 fn conditions_backend(conditions: Option<&[String]>) -> Option<Backend> {

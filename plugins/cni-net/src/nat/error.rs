@@ -41,6 +41,16 @@ pub enum NatError {
         #[source]
         source: io::Error,
     },
+    /// A nf_tables netlink request failed, with what was being done.
+    #[error("{context}: {source}")]
+    Kernel {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// What this container needs is held by another one (nftables-sets layout).
+    #[error("{0}")]
+    Conflict(String),
     /// What we were doing when `source` happened.
     #[error("{context}: {source}")]
     Context {

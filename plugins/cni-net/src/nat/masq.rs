@@ -7,7 +7,7 @@ use ipnetwork::IpNetwork;
 
 use super::error::NatError;
 use super::nftnl::{self, Nftnl};
-use super::{Backend, IpFamily, iptables, masq_direct, masq_nftnl, names, nftables, tools};
+use super::{Backend, IpFamily, iptables, masq_direct, masq_nftnl, names, nftables, sets, tools};
 
 /// One entry of `cni.dev/valid-attachments`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,10 +84,18 @@ pub fn setup_masq(
             nftables::masq::setup(network, ifname, container_id, ips)
                 .map_err(|e| e.context(|| format!("set up ipMasq (nftables) for {container_id}")))
         }
+        Backend::NftablesSets => {
+            if !Backend::NftablesSets.available() {
+                return Err(NatError::ToolMissing("nft"));
+            }
+            sets::masq_setup(network, ifname, container_id, ips).map_err(|e| {
+                e.context(|| format!("set up ipMasq (nftables-sets) for {container_id}"))
+            })
+        }
     }
 }
 
-/// Removes the container's masquerading from **both** backends (it may have been set up
+/// Removes the container's masquerading from **every** layout (it may have been set up
 /// by another version or configuration), without needing its addresses: safe on DEL
 /// with the netns gone and no prevResult. Absent chains/tables are fine; a backend whose
 /// tools are not installed is skipped. Errors are collected, not short-circuited.
@@ -120,6 +128,11 @@ pub fn teardown_masq(network: &str, ifname: &str, container_id: &str) -> Result<
     {
         errors.push(e.context(|| format!("tear down ipMasq (nftables) for {container_id}")));
     }
+    if sets::table_may_exist(sets::MASQ_TABLE)
+        && let Err(e) = sets::masq_teardown(network, ifname, container_id)
+    {
+        errors.push(e.context(|| format!("tear down ipMasq (nftables-sets) for {container_id}")));
+    }
     NatError::collect(errors)
 }
 
@@ -144,6 +157,11 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
         && let Err(e) = nftables::masq::gc(network, valid)
     {
         errors.push(e.context(|| format!("GC ipMasq (nftables) of network {network}")));
+    }
+    if sets::table_may_exist(sets::MASQ_TABLE)
+        && let Err(e) = sets::masq_gc(network, valid)
+    {
+        errors.push(e.context(|| format!("GC ipMasq (nftables-sets) of network {network}")));
     }
     NatError::collect(errors)
 }

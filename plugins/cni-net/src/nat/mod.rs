@@ -46,6 +46,7 @@ mod nftnl;
 pub mod portmap;
 mod portmap_direct;
 mod portmap_nftnl;
+pub mod sets;
 mod tools;
 
 #[cfg(test)]
@@ -68,6 +69,8 @@ pub use tools::LOCK_PATH;
 pub enum Backend {
     Iptables,
     Nftables,
+    /// Ours only, opt-in: fixed nftables rules over per-pod set elements ([`sets`]).
+    NftablesSets,
 }
 
 impl Backend {
@@ -76,6 +79,7 @@ impl Backend {
         match value {
             "iptables" => Some(Backend::Iptables),
             "nftables" => Some(Backend::Nftables),
+            "nftables-sets" => Some(Backend::NftablesSets),
             _ => None,
         }
     }
@@ -84,6 +88,7 @@ impl Backend {
         match self {
             Backend::Iptables => "iptables",
             Backend::Nftables => "nftables",
+            Backend::NftablesSets => "nftables-sets",
         }
     }
 
@@ -92,7 +97,8 @@ impl Backend {
     pub fn available(self) -> bool {
         match self {
             Backend::Iptables => iptables::available(IpFamily::V4),
-            Backend::Nftables => tools::Tool::Nft.available(),
+            // The sets layout needs `nft` once per node, to create its tables.
+            Backend::Nftables | Backend::NftablesSets => tools::Tool::Nft.available(),
         }
     }
 

@@ -25,6 +25,9 @@ const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_DELSETELEM: u16 = 14;
 /// Multicast group of nf_tables change notifications.
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -54,6 +57,14 @@ const NFTA_RULE_COMPAT: u16 = 5;
 const NFTA_RULE_COMPAT_PROTO: u16 = 1;
 const NFTA_RULE_COMPAT_FLAGS: u16 = 2;
 const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFTA_DATA_VALUE: u16 = 1;
 pub(crate) const NFTA_LIST_ELEM: u16 = 1;
 pub(crate) const NFTA_EXPR_NAME: u16 = 1;
 pub(crate) const NFTA_EXPR_DATA: u16 = 2;
@@ -64,6 +75,8 @@ pub(crate) const NFTA_VERDICT_CHAIN: u16 = 2;
 /// libnftnl's user-data TLV type for a rule comment (what `nft ... comment` and
 /// iptables-nft's `-m comment` store).
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+/// The same for a set element's comment (`NFTNL_UDATA_SET_ELEM_COMMENT`).
+const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 pub(crate) const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
 
@@ -79,6 +92,18 @@ pub(crate) struct KernelRule {
     pub jumps: Vec<String>,
     /// The raw expression attributes, for coarse content checks.
     pub exprs: Vec<u8>,
+}
+
+/// One element of a set or map, in the kernel's byte layout: each field of a
+/// concatenated key or value is padded to 4 bytes, numbers are big-endian.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Element {
+    pub key: Vec<u8>,
+    /// The last key of a range, for sets with `flags interval` over concatenations.
+    pub key_end: Option<Vec<u8>>,
+    /// The mapped value, for maps.
+    pub data: Option<Vec<u8>>,
+    pub comment: Option<String>,
 }
 
 /// One change of a [`Nftnl::commit`] batch.
@@ -105,6 +130,17 @@ pub(crate) enum Op {
         /// The layer 4 protocol iptables' `-p` names, which xtables matches such as
         /// `multiport` check against (`NFTA_RULE_COMPAT`, as iptables-nft sends it).
         compat_proto: Option<u8>,
+    },
+    /// Adds an element to a set or map. An identical element already there is fine; one
+    /// with the same key and other data fails the batch with `EEXIST`.
+    AddElement {
+        set: String,
+        element: Element,
+    },
+    /// Removes an element (by its key; the comment and data are not compared).
+    DeleteElement {
+        set: String,
+        element: Element,
     },
 }
 
@@ -137,6 +173,51 @@ impl Nftnl {
         push_str_attr(&mut attrs, NFTA_CHAIN_TABLE, table);
         push_str_attr(&mut attrs, NFTA_CHAIN_NAME, chain);
         self.exists(NFT_MSG_GETCHAIN, nfproto(family), &attrs)
+    }
+
+    /// Whether table `name` exists in `family`.
+    pub fn table_exists(&mut self, family: IpFamily, name: &str) -> io::Result<bool> {
+        let mut attrs = Vec::new();
+        push_str_attr(&mut attrs, NFTA_TABLE_NAME, name);
+        self.exists(NFT_MSG_GETTABLE, nfproto(family), &attrs)
+    }
+
+    /// The elements of `table`/`set`; empty when the set (or table) is missing.
+    pub fn elements(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+    ) -> io::Result<Vec<Element>> {
+        let seq = self.next_seq();
+        let mut attrs = Vec::new();
+        push_str_attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, table);
+        push_str_attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, set);
+        self.send(&message(
+            NFT_MSG_GETSETELEM,
+            NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            nfproto(family),
+            &attrs,
+        ))?;
+        let mut out = Vec::new();
+        let result = self.replies(seq, false, |payload| {
+            let Some(list) = find(payload, NFTA_SET_ELEM_LIST_ELEMENTS) else {
+                return;
+            };
+            for (kind, elem) in attributes(list) {
+                if kind == NFTA_LIST_ELEM
+                    && let Some(element) = parse_element(elem)
+                {
+                    out.push(element);
+                }
+            }
+        });
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether table `name` exists in the `inet` family.
@@ -274,6 +355,21 @@ impl Nftnl {
                     }
                     flags |= NLM_F_CREATE | NLM_F_APPEND;
                     NFT_MSG_NEWRULE
+                }
+                Op::AddElement { set, element } => {
+                    push_element_list(&mut attrs, table, set, element);
+                    flags |= NLM_F_CREATE;
+                    NFT_MSG_NEWSETELEM
+                }
+                Op::DeleteElement { set, element } => {
+                    let key_only = Element {
+                        key: element.key.clone(),
+                        key_end: element.key_end.clone(),
+                        data: None,
+                        comment: None,
+                    };
+                    push_element_list(&mut attrs, table, set, &key_only);
+                    NFT_MSG_DELSETELEM
                 }
             };
             batch.extend(message(kind, flags, seq, nfproto(family), &attrs));
@@ -560,6 +656,49 @@ fn c_string(bytes: &[u8]) -> Option<String> {
     std::str::from_utf8(&bytes[..end]).ok().map(str::to_string)
 }
 
+/// The attributes of a NEWSETELEM/DELSETELEM request carrying one element.
+fn push_element_list(out: &mut Vec<u8>, table: &str, set: &str, element: &Element) {
+    push_str_attr(out, NFTA_SET_ELEM_LIST_TABLE, table);
+    push_str_attr(out, NFTA_SET_ELEM_LIST_SET, set);
+    push_nested(out, NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+        push_nested(list, NFTA_LIST_ELEM, |e| {
+            push_nested(e, NFTA_SET_ELEM_KEY, |k| {
+                push_attr(k, NFTA_DATA_VALUE, &element.key)
+            });
+            if let Some(end) = &element.key_end {
+                push_nested(e, NFTA_SET_ELEM_KEY_END, |k| {
+                    push_attr(k, NFTA_DATA_VALUE, end)
+                });
+            }
+            if let Some(data) = &element.data {
+                push_nested(e, NFTA_SET_ELEM_DATA, |d| {
+                    push_attr(d, NFTA_DATA_VALUE, data)
+                });
+            }
+            if let Some(comment) = &element.comment {
+                let mut udata = vec![NFTNL_UDATA_SET_ELEM_COMMENT];
+                // Callers keep comments short (see `sets`); the kernel caps user data
+                // at 256 bytes and the TLV length is one byte.
+                let text: Vec<u8> = comment.bytes().take(250).chain([0]).collect();
+                udata.push(text.len() as u8);
+                udata.extend_from_slice(&text);
+                push_attr(e, NFTA_SET_ELEM_USERDATA, &udata);
+            }
+        });
+    });
+}
+
+/// Decodes one element of a GETSETELEM reply.
+fn parse_element(elem: &[u8]) -> Option<Element> {
+    let value = |kind| find(elem, kind).and_then(|v| find(v, NFTA_DATA_VALUE));
+    Some(Element {
+        key: value(NFTA_SET_ELEM_KEY)?.to_vec(),
+        key_end: value(NFTA_SET_ELEM_KEY_END).map(<[u8]>::to_vec),
+        data: value(NFTA_SET_ELEM_DATA).map(<[u8]>::to_vec),
+        comment: find(elem, NFTA_SET_ELEM_USERDATA).and_then(udata_comment),
+    })
+}
+
 /// Decodes one NEWRULE payload, or `None` when it belongs to another table or chain.
 fn parse_rule(payload: &[u8], table: &str, chain: &str) -> Option<KernelRule> {
     let (t, c, rule) = parse_any_rule(payload)?;
@@ -627,6 +766,7 @@ fn udata_comment(mut buf: &[u8]) -> Option<String> {
     while buf.len() >= 2 {
         let (kind, len) = (buf[0], buf[1] as usize);
         let value = buf.get(2..2 + len)?;
+        // Set element comments use the same TLV type (NFTNL_UDATA_SET_ELEM_COMMENT).
         if kind == NFTNL_UDATA_RULE_COMMENT {
             return c_string(value);
         }

@@ -18,7 +18,7 @@ use ipnetwork::IpNetwork;
 
 use super::error::NatError;
 use super::nftnl::{self, Monitor, Nftnl, Op};
-use super::{Backend, IpFamily, iptables, names, nftables, portmap_direct, tools};
+use super::{Backend, IpFamily, iptables, names, nftables, portmap_direct, sets, tools};
 
 /// Transport protocol of a mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -177,6 +177,19 @@ pub fn forward_ports_tracked(
         return Ok(Some(Vec::new()));
     }
     let _lock = tools::lock()?;
+    if backend == Backend::NftablesSets {
+        // Set elements are found again by their comment: nothing to track.
+        return sets::hostport_forward(config, &targets)
+            .map(|()| Some(Vec::new()))
+            .map_err(|e| {
+                e.context(|| {
+                    format!(
+                        "set up port mappings (nftables-sets) for {}",
+                        config.container_id
+                    )
+                })
+            });
+    }
     // Opened before any rule is written, so that no announcement is missed.
     let monitor = Monitor::open().ok();
     let result = forward_locked(backend, config, &targets, prior);
@@ -204,6 +217,7 @@ fn forward_locked(
             }
             result
         }
+        Backend::NftablesSets => sets::hostport_forward(config, targets),
         Backend::Nftables => nftables::portmap::forward(config, targets, prior).map_err(|e| {
             e.context(|| {
                 format!(
@@ -267,6 +281,7 @@ pub fn check_ports(
             Ok(())
         }
         Backend::Nftables => nftables::portmap::check(config, &targets),
+        Backend::NftablesSets => sets::hostport_check(config, &targets),
     }
 }
 
@@ -289,7 +304,33 @@ pub fn unforward_ports_tracked(
     known: Option<&[RuleRef]>,
 ) -> Result<(), NatError> {
     let _lock = tools::lock()?;
+    let configured = unforward_locked(backend, network, container_id, known);
+    // A container added under another layout (the config changed since) is found too.
+    let sets_layout =
+        if backend != Backend::NftablesSets && sets::table_may_exist(sets::HOSTPORT_TABLE) {
+            sets::hostport_unforward(network, container_id)
+        } else {
+            Ok(())
+        };
+    NatError::collect(
+        configured
+            .err()
+            .into_iter()
+            .chain(sets_layout.err())
+            .collect(),
+    )
+}
+
+fn unforward_locked(
+    backend: Backend,
+    network: &str,
+    container_id: &str,
+    known: Option<&[RuleRef]>,
+) -> Result<(), NatError> {
     match backend {
+        Backend::NftablesSets => sets::hostport_unforward(network, container_id).map_err(|e| {
+            e.context(|| format!("tear down port mappings (nftables-sets) for {container_id}"))
+        }),
         Backend::Iptables => {
             let mut errors = Vec::new();
             let mut usable = 0;

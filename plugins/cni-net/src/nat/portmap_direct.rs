@@ -211,6 +211,7 @@ pub(crate) fn select_tracked(
                 && NFT_CONTAINER_CHAINS.contains(&a.chain.as_str())
                 && a.rule.comment.as_deref() == Some(config.container_id.as_str())
         }
+        Backend::NftablesSets => false,
     };
     let picked: Vec<RuleRef> = added
         .iter()
@@ -246,6 +247,7 @@ fn expected_rules(backend: Backend, config: &PortMapConfig, family: IpFamily) ->
             };
             dnat + masq
         }
+        Backend::NftablesSets => 0,
     }
 }
 

@@ -1,0 +1,559 @@
+//! The `nftables-sets` layout (opt-in): ipMasq and host ports as set elements.
+//!
+//! # Why
+//! Both reference layouts cost the kernel more per call as a node fills up. iptables
+//! gives every pod its own chains, and every commit that adds a jump re-validates the
+//! table's whole jump graph (`nft_table_validate`); nftables adds rules that `nft` must
+//! first load into its cache. Here the rules are fixed, written once per node, and
+//! look the pod up in sets and maps. A pod is a handful of set elements, added or
+//! removed in one netlink batch that starts no process. Data maps hold no verdicts, so
+//! changing them never re-validates anything: ADD and DEL cost the same with a
+//! thousand pods as with none.
+//!
+//! # Layout, per IP family (tables `ip` and `ip6`)
+//! - `cni_rs_masquerade` (bridge's `ipMasq`): set `pods` of container addresses and
+//!   interval set `local` of `address . subnet`; postrouting masquerades traffic from
+//!   `@pods` to anything outside the pod's own subnet and not multicast.
+//! - `cni_rs_hostport` (portmap): maps `dnat_any` (`proto . port`) and `dnat_ip`
+//!   (`host address . proto . port`) to `pod address . pod port`, consulted for locally
+//!   addressed packets in prerouting and output; set `masq` of `source . pod address`
+//!   pairs (hairpin, and 127.0.0.1 for IPv4) masqueraded after DNAT when `snat` is on.
+//!
+//! Each element's comment names its owner: `<network> <container ID>` (portmap) and
+//! `<network> <container ID> <ifname>` (ipMasq), so DEL and GC need neither the
+//! addresses nor the mappings. CNI network names and container IDs contain no spaces.
+//!
+//! The tables are ours alone: the reference plugins never read or write them, and the
+//! reference layouts are left untouched.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+
+use super::error::NatError;
+use super::masq::Attachment;
+use super::nftnl::{self, Element, Nftnl, Op};
+use super::portmap::{PortMapConfig, PortMapping};
+use super::{IpFamily, nftables};
+
+pub const MASQ_TABLE: &str = "cni_rs_masquerade";
+pub const HOSTPORT_TABLE: &str = "cni_rs_hostport";
+
+const PODS_SET: &str = "pods";
+const LOCAL_SET: &str = "local";
+const DNAT_ANY_MAP: &str = "dnat_any";
+const DNAT_IP_MAP: &str = "dnat_ip";
+const MASQ_SET: &str = "masq";
+const MASQ_SETS: [&str; 2] = [PODS_SET, LOCAL_SET];
+const HOSTPORT_SETS: [&str; 3] = [DNAT_IP_MAP, DNAT_ANY_MAP, MASQ_SET];
+
+/// Longest owner comment we write; the kernel's limit on user data is 256 bytes.
+const MAX_COMMENT: usize = 200;
+
+fn family_word(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
+    }
+}
+
+fn addr_type(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ipv4_addr",
+        IpFamily::V6 => "ipv6_addr",
+    }
+}
+
+/// The rules and sets of the ipMasq table, created once per node.
+pub(crate) fn masq_skeleton(family: IpFamily) -> String {
+    let (fam, addr) = (family_word(family), addr_type(family));
+    let multicast = match family {
+        IpFamily::V4 => "224.0.0.0/4",
+        IpFamily::V6 => "ff00::/8",
+    };
+    format!(
+        "table {fam} {MASQ_TABLE} {{\n\
+         \tset {PODS_SET} {{ type {addr}; }}\n\
+         \tset {LOCAL_SET} {{ type {addr} . {addr}; flags interval; }}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\t{fam} saddr @{PODS_SET} {fam} saddr . {fam} daddr != @{LOCAL_SET} \
+         {fam} daddr != {multicast} masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The rules and maps of the host-port table, created once per node.
+pub(crate) fn hostport_skeleton(family: IpFamily) -> String {
+    let (fam, addr) = (family_word(family), addr_type(family));
+    let entry = "fib daddr type local jump hostports";
+    format!(
+        "table {fam} {HOSTPORT_TABLE} {{\n\
+         \tmap {DNAT_IP_MAP} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service; }}\n\
+         \tmap {DNAT_ANY_MAP} {{ type inet_proto . inet_service : {addr} . inet_service; }}\n\
+         \tset {MASQ_SET} {{ type {addr} . {addr}; }}\n\
+         \tchain hostports {{\n\
+         \t\tdnat {fam} to {fam} daddr . meta l4proto . th dport map @{DNAT_IP_MAP}\n\
+         \t\tdnat {fam} to meta l4proto . th dport map @{DNAT_ANY_MAP}\n\
+         \t}}\n\
+         \tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority -100; policy accept;\n\
+         \t\t{entry}\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
+         \t\t{entry}\n\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\tct status dnat {fam} saddr . {fam} daddr @{MASQ_SET} masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// An address as a key field.
+fn addr_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+/// A protocol number as a key field: one byte, padded to a 4-byte register.
+fn proto_field(number: u8) -> [u8; 4] {
+    [number, 0, 0, 0]
+}
+
+/// A port as a key or value field: big-endian, padded to a 4-byte register.
+fn port_field(port: u16) -> [u8; 4] {
+    let [hi, lo] = port.to_be_bytes();
+    [hi, lo, 0, 0]
+}
+
+/// The last address of `net`.
+fn last_addr(net: IpNetwork) -> IpAddr {
+    match net {
+        IpNetwork::V4(n) => IpAddr::V4(n.broadcast()),
+        IpNetwork::V6(n) => {
+            let host_bits = 128 - u32::from(n.prefix());
+            let mask = if host_bits >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << host_bits) - 1
+            };
+            IpAddr::V6((u128::from(n.network()) | mask).into())
+        }
+    }
+}
+
+fn masq_comment(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{network} {container_id} {ifname}")
+}
+
+fn hostport_comment(network: &str, container_id: &str) -> String {
+    format!("{network} {container_id}")
+}
+
+/// Refuses owners whose comment the kernel could not store whole: a cut comment
+/// would make the container's elements impossible to find again.
+fn check_comment(comment: &str) -> Result<(), NatError> {
+    if comment.len() > MAX_COMMENT {
+        return Err(NatError::Check(format!(
+            "network name and container ID are too long for the nftables-sets layout \
+             ({} bytes, at most {MAX_COMMENT})",
+            comment.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The ipMasq elements of the container's addresses of `family`.
+fn masq_elements(
+    family: IpFamily,
+    nets: &[IpNetwork],
+    comment: &str,
+) -> Vec<(&'static str, Element)> {
+    let mut out = Vec::new();
+    for net in nets.iter().filter(|n| IpFamily::of(n.ip()) == family) {
+        let ip = addr_bytes(net.ip());
+        let key = |first: IpAddr| [ip.clone(), addr_bytes(first)].concat();
+        out.push((
+            PODS_SET,
+            Element {
+                key: ip.clone(),
+                comment: Some(comment.to_string()),
+                ..Element::default()
+            },
+        ));
+        out.push((
+            LOCAL_SET,
+            Element {
+                key: key(net.network()),
+                key_end: Some(key(last_addr(*net))),
+                data: None,
+                comment: Some(comment.to_string()),
+            },
+        ));
+    }
+    out
+}
+
+/// The host-port elements of `config` towards `target`.
+fn hostport_elements(
+    config: &PortMapConfig,
+    target: IpNetwork,
+    comment: &str,
+) -> Vec<(&'static str, Element)> {
+    let family = IpFamily::of(target.ip());
+    let pod = addr_bytes(target.ip());
+    let mut out = Vec::new();
+    for m in config.mappings.iter().filter(|m| m.applies_to(family)) {
+        let (map, mut key) = match m.dest_ip() {
+            Some(ip) => (DNAT_IP_MAP, addr_bytes(ip)),
+            None => (DNAT_ANY_MAP, Vec::new()),
+        };
+        key.extend_from_slice(&proto_field(m.protocol.number()));
+        key.extend_from_slice(&port_field(m.host_port));
+        out.push((
+            map,
+            Element {
+                key,
+                key_end: None,
+                data: Some([pod.clone(), port_field(m.container_port).to_vec()].concat()),
+                comment: Some(comment.to_string()),
+            },
+        ));
+    }
+    if config.snat && !out.is_empty() {
+        let mut sources = vec![target.ip()];
+        if family == IpFamily::V4 {
+            sources.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        for source in sources {
+            out.push((
+                MASQ_SET,
+                Element {
+                    key: [addr_bytes(source), pod.clone()].concat(),
+                    comment: Some(comment.to_string()),
+                    ..Element::default()
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// Creates `table` from `skeleton` unless it exists. The caller holds the NAT lock, so
+/// two of our processes never both create it.
+fn ensure_table(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    table: &'static str,
+    skeleton: &str,
+) -> Result<(), NatError> {
+    if nl
+        .table_exists(family, table)
+        .map_err(kernel("look up", table))?
+    {
+        return Ok(());
+    }
+    nftables::apply(skeleton)
+}
+
+fn kernel(what: &'static str, table: &'static str) -> impl Fn(std::io::Error) -> NatError {
+    move |source| NatError::Kernel {
+        context: format!("{what} nftables table {table}"),
+        source,
+    }
+}
+
+/// Runs `f` on a fresh nf_tables socket, closed at exit (see [`nftnl::close_at_exit`]).
+fn with_nl<R>(f: impl FnOnce(&mut Nftnl) -> Result<R, NatError>) -> Result<R, NatError> {
+    let mut nl = Nftnl::open().map_err(|source| NatError::Kernel {
+        context: "open nf_tables socket".into(),
+        source,
+    })?;
+    let result = f(&mut nl);
+    nftnl::close_at_exit(nl);
+    result
+}
+
+/// The elements of `sets` whose comment `owned` accepts, as deletions.
+fn owned_deletions(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    table: &'static str,
+    sets: &[&'static str],
+    owned: impl Fn(&str) -> bool,
+) -> Result<Vec<Op>, NatError> {
+    let mut ops = Vec::new();
+    for set in sets {
+        for element in nl
+            .elements(family, table, set)
+            .map_err(kernel("list", table))?
+        {
+            if element.comment.as_deref().is_some_and(&owned) {
+                ops.push(Op::DeleteElement {
+                    set: set.to_string(),
+                    element,
+                });
+            }
+        }
+    }
+    Ok(ops)
+}
+
+/// Replaces the container's elements of `sets` in `table` by `wanted`, in one batch.
+/// Identical elements stay; a key that another owner holds is refused by name.
+fn replace(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    table: &'static str,
+    sets: &[&'static str],
+    comment: &str,
+    wanted: Vec<(&'static str, Element)>,
+) -> Result<(), NatError> {
+    let mut ops = Vec::new();
+    let mut kept = HashSet::new();
+    for set in sets {
+        for element in nl
+            .elements(family, table, set)
+            .map_err(kernel("list", table))?
+        {
+            let same_key = wanted
+                .iter()
+                .find(|(s, w)| s == set && w.key == element.key && w.key_end == element.key_end);
+            match (element.comment.as_deref() == Some(comment), same_key) {
+                (true, Some((_, w))) if w.data == element.data => {
+                    kept.insert((set.to_string(), element.key.clone()));
+                }
+                (true, _) => ops.push(Op::DeleteElement {
+                    set: set.to_string(),
+                    element,
+                }),
+                (false, Some(_)) => {
+                    return Err(NatError::Conflict(format!(
+                        "{table} {set}: the entry this container needs is held by {}",
+                        element.comment.as_deref().unwrap_or("another container")
+                    )));
+                }
+                (false, None) => {}
+            }
+        }
+    }
+    for (set, element) in wanted {
+        if !kept.contains(&(set.to_string(), element.key.clone())) {
+            ops.push(Op::AddElement {
+                set: set.to_string(),
+                element,
+            });
+        }
+    }
+    nl.commit(family, table, &ops)
+        .map_err(kernel("update", table))
+}
+
+/// ipMasq ADD for the container's `ips`. The caller holds the NAT lock.
+pub(crate) fn masq_setup(
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+    ips: &[IpNetwork],
+) -> Result<(), NatError> {
+    let comment = masq_comment(network, container_id, ifname);
+    check_comment(&comment)?;
+    with_nl(|nl| masq_setup_with(nl, &comment, ips))
+}
+
+fn masq_setup_with(nl: &mut Nftnl, comment: &str, ips: &[IpNetwork]) -> Result<(), NatError> {
+    for family in [IpFamily::V4, IpFamily::V6] {
+        if !ips.iter().any(|n| IpFamily::of(n.ip()) == family) {
+            continue;
+        }
+        ensure_table(nl, family, MASQ_TABLE, &masq_skeleton(family))?;
+        let wanted = masq_elements(family, ips, comment);
+        replace(nl, family, MASQ_TABLE, &MASQ_SETS, comment, wanted)?;
+    }
+    Ok(())
+}
+
+/// ipMasq DEL: removes the attachment's elements, wherever the tables exist.
+pub(crate) fn masq_teardown(
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+) -> Result<(), NatError> {
+    let comment = masq_comment(network, container_id, ifname);
+    sweep(MASQ_TABLE, &MASQ_SETS, |c| c == comment)
+}
+
+/// ipMasq GC: removes this network's elements of attachments not in `valid`.
+pub(crate) fn masq_gc(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
+    let valid: HashSet<String> = valid
+        .iter()
+        .map(|a| masq_comment(network, a.container_id, a.ifname))
+        .collect();
+    let prefix = format!("{network} ");
+    sweep(MASQ_TABLE, &MASQ_SETS, |c| {
+        c.starts_with(&prefix) && !valid.contains(c)
+    })
+}
+
+/// Deletes, in every family whose `table` exists, the elements `owned` accepts.
+fn sweep(
+    table: &'static str,
+    sets: &[&'static str],
+    owned: impl Fn(&str) -> bool,
+) -> Result<(), NatError> {
+    with_nl(|nl| {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            if !family.enabled()
+                || !nl
+                    .table_exists(family, table)
+                    .map_err(kernel("look up", table))?
+            {
+                continue;
+            }
+            let ops = owned_deletions(nl, family, table, sets, &owned)?;
+            nl.commit(family, table, &ops)
+                .map_err(kernel("update", table))?;
+        }
+        Ok(())
+    })
+}
+
+/// Whether any family has the table: lets the other layouts' DEL skip us cheaply.
+pub(crate) fn table_may_exist(table: &str) -> bool {
+    with_nl(|nl| {
+        Ok([IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .any(|f| f.enabled() && nl.table_exists(f, table).unwrap_or(true)))
+    })
+    .unwrap_or(true)
+}
+
+/// portmap ADD towards `targets` (one address per family). The caller holds the lock.
+pub(crate) fn hostport_forward(
+    config: &PortMapConfig,
+    targets: &[IpNetwork],
+) -> Result<(), NatError> {
+    let comment = hostport_comment(&config.network, &config.container_id);
+    check_comment(&comment)?;
+    with_nl(|nl| {
+        for &target in targets {
+            let family = IpFamily::of(target.ip());
+            ensure_table(nl, family, HOSTPORT_TABLE, &hostport_skeleton(family))?;
+            let wanted = hostport_elements(config, target, &comment);
+            replace(nl, family, HOSTPORT_TABLE, &HOSTPORT_SETS, &comment, wanted)?;
+        }
+        Ok(())
+    })
+}
+
+/// portmap DEL (and GC, per container): removes the container's elements.
+pub(crate) fn hostport_unforward(network: &str, container_id: &str) -> Result<(), NatError> {
+    let comment = hostport_comment(network, container_id);
+    sweep(HOSTPORT_TABLE, &HOSTPORT_SETS, |c| c == comment)
+}
+
+/// portmap CHECK: every element ADD would add is there, owned by this container.
+pub(crate) fn hostport_check(
+    config: &PortMapConfig,
+    targets: &[IpNetwork],
+) -> Result<(), NatError> {
+    let comment = hostport_comment(&config.network, &config.container_id);
+    with_nl(|nl| {
+        for &target in targets {
+            let family = IpFamily::of(target.ip());
+            for (set, wanted) in hostport_elements(config, target, &comment) {
+                let present = nl
+                    .elements(family, HOSTPORT_TABLE, set)
+                    .map_err(kernel("list", HOSTPORT_TABLE))?
+                    .into_iter()
+                    .any(|e| {
+                        e.key == wanted.key && e.data == wanted.data && e.comment == wanted.comment
+                    });
+                if !present {
+                    return Err(NatError::Check(format!(
+                        "missing host port entry in {} {HOSTPORT_TABLE} {set} for {}",
+                        family_word(family),
+                        describe(config, target)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn describe(config: &PortMapConfig, target: IpNetwork) -> String {
+    let ports: Vec<String> = config
+        .mappings
+        .iter()
+        .filter(|m| m.applies_to(IpFamily::of(target.ip())))
+        .map(|m: &PortMapping| format!("{}/{}", m.protocol.as_str(), m.host_port))
+        .collect();
+    format!("{} ({})", target.ip(), ports.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::portmap::Proto;
+
+    #[test]
+    fn skeletons_name_the_sets_the_elements_go_to() {
+        let v4 = hostport_skeleton(IpFamily::V4);
+        assert!(v4.starts_with("table ip cni_rs_hostport {"));
+        assert!(v4.contains("dnat ip to ip daddr . meta l4proto . th dport map @dnat_ip"));
+        assert!(v4.contains("ct status dnat ip saddr . ip daddr @masq masquerade"));
+        let v6 = masq_skeleton(IpFamily::V6);
+        assert!(v6.contains("set local { type ipv6_addr . ipv6_addr; flags interval; }"));
+        assert!(v6.contains("ip6 daddr != ff00::/8 masquerade"));
+    }
+
+    /// The bytes `nft --debug=netlink` shows for `udp . 5353 : 10.244.1.5 . 53`.
+    #[test]
+    fn elements_use_the_kernels_register_layout() {
+        let config = PortMapConfig::new(
+            "n",
+            "c",
+            vec![PortMapping {
+                host_port: 5353,
+                container_port: 53,
+                protocol: Proto::Udp,
+                host_ip: None,
+            }],
+        );
+        let target: IpNetwork = "10.244.1.5/24".parse().unwrap();
+        let elems = hostport_elements(&config, target, "n c");
+        assert_eq!(elems[0].0, DNAT_ANY_MAP);
+        assert_eq!(elems[0].1.key, [17, 0, 0, 0, 0x14, 0xe9, 0, 0]);
+        assert_eq!(
+            elems[0].1.data.as_deref(),
+            Some(&[10, 244, 1, 5, 0, 53, 0, 0][..])
+        );
+        // Hairpin, then localhost.
+        assert_eq!(elems[1].1.key, [10, 244, 1, 5, 10, 244, 1, 5]);
+        assert_eq!(elems[2].1.key, [127, 0, 0, 1, 10, 244, 1, 5]);
+
+        let masq = masq_elements(IpFamily::V4, &[target], "n c eth0");
+        assert_eq!(masq[1].1.key, [10, 244, 1, 5, 10, 244, 1, 0]);
+        assert_eq!(
+            masq[1].1.key_end.as_deref(),
+            Some(&[10, 244, 1, 5, 10, 244, 1, 255][..])
+        );
+        let v6: IpNetwork = "fd00::5/64".parse().unwrap();
+        let end = last_addr(v6);
+        assert_eq!(end.to_string(), "fd00::ffff:ffff:ffff:ffff");
+    }
+
+    #[test]
+    fn long_owners_are_refused_not_cut() {
+        assert!(check_comment(&"x".repeat(MAX_COMMENT)).is_ok());
+        assert!(check_comment(&"x".repeat(MAX_COMMENT + 1)).is_err());
+    }
+}
