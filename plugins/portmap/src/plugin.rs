@@ -101,23 +101,34 @@ fn del(req: &Request) -> Result<(), PortmapError> {
         &req.container_id,
         Backend::detect,
     );
-    let record = Registry::for_network(&req.conf.name)
+    let recorded = Registry::for_network(&req.conf.name)
         .ok()
-        .and_then(|r| r.read(&req.container_id))
+        .and_then(|r| r.read(&req.container_id));
+    // What the last ADD installed, when both its record and the addresses (prevResult,
+    // which runtimes send on DEL) are at hand: lets the entries be looked up directly.
+    let addresses = req
+        .prev_result()
+        .ok()
+        .flatten()
+        .map(|prev| container_ips(&prev, &req.ifname))
         .unwrap_or_default();
-    // The runtime may not resend the mappings; what ADD recorded still names the ports.
-    let mappings = if config.rules.mappings.is_empty() {
-        record.mappings
-    } else {
-        config.rules.mappings.clone()
-    };
-    nat::unforward_ports_tracked(
+    let installed = recorded
+        .as_ref()
+        .map(|r| (r.mappings.as_slice(), addresses.as_slice()));
+    nat::unforward_ports_installed(
         config.backend,
         &req.conf.name,
         &req.container_id,
-        record.rules.as_deref(),
+        recorded.as_ref().and_then(|r| r.rules.as_deref()),
+        installed,
     )
     .map_err(PortmapError::nat("could not tear down port mappings"))?;
+    // The runtime may not resend the mappings; what ADD recorded still names the ports.
+    let mappings = if config.rules.mappings.is_empty() {
+        recorded.map(|r| r.mappings).unwrap_or_default()
+    } else {
+        config.rules.mappings.clone()
+    };
     forget(&req.conf.name, &req.container_id);
     // The flows DNATed to the departed pod would otherwise keep blackholing the port
     // for the next pod that maps it (plugins#1190).

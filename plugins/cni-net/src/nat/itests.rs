@@ -736,3 +736,29 @@ fn portmap_sets_layout_add_check_conflict_del() {
         .unwrap_err();
     assert!(err.to_string().contains("missing host port entry"), "{err}");
 }
+
+/// IPAM handed the address to the new container, so entries of a former holder whose
+/// DEL never came are stale: taken over, not a conflict. Host ports stay exclusive.
+#[test]
+fn sets_layout_takes_over_a_reused_address() {
+    let Some(ns) = TestNs::new("reuse") else {
+        return;
+    };
+    let ip = nets(&["10.88.0.9/16"]);
+    for id in ["old", "new"] {
+        ns.run(|| setup_masq(Backend::NftablesSets, "test", "eth0", id, &ip))
+            .unwrap();
+        let port = if id == "old" { 8080 } else { 9090 };
+        let config = PortMapConfig::new("test", id, vec![tcp(port, 80)]);
+        ns.run(|| forward_ports(Backend::NftablesSets, &config, &ip))
+            .unwrap();
+    }
+    let ruleset = ns.nft_ruleset();
+    assert!(!ruleset.contains("test old eth0"), "{ruleset}");
+    assert_eq!(ruleset.matches("test new eth0").count(), 2, "{ruleset}");
+    let masq = nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "masq");
+    assert!(masq.iter().all(|e| e.contains("test new")), "{masq:?}");
+    // The old container's host port is still its own until its DEL.
+    let any = nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "dnat_any");
+    assert_eq!(any.len(), 2, "{any:?}");
+}

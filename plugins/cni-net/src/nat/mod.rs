@@ -60,7 +60,7 @@ pub use error::NatError;
 pub use masq::{Attachment, gc_masq, setup_masq, teardown_masq};
 pub use portmap::{
     PortMapConfig, PortMapping, Proto, RuleRef, check_ports, forward_ports, forward_ports_tracked,
-    unforward_ports, unforward_ports_tracked,
+    unforward_ports, unforward_ports_installed, unforward_ports_tracked,
 };
 pub use tools::LOCK_PATH;
 

@@ -62,6 +62,7 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
 const NFTA_DATA_VALUE: u16 = 1;
@@ -104,6 +105,9 @@ pub(crate) struct Element {
     /// The mapped value, for maps.
     pub data: Option<Vec<u8>>,
     pub comment: Option<String>,
+    /// Milliseconds until the element expires: sent when set, and reported for
+    /// elements that have a timeout (sets with `flags timeout`).
+    pub timeout_ms: Option<u64>,
 }
 
 /// One change of a [`Nftnl::commit`] batch.
@@ -216,6 +220,46 @@ impl Nftnl {
         match result {
             Ok(()) => Ok(out),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The element of `table`/`set` with `probe`'s key (and key end), if any. A point
+    /// lookup: its cost does not grow with the set.
+    pub fn element(
+        &mut self,
+        family: IpFamily,
+        table: &str,
+        set: &str,
+        probe: &Element,
+    ) -> io::Result<Option<Element>> {
+        let seq = self.next_seq();
+        let mut attrs = Vec::new();
+        let key_only = Element {
+            key: probe.key.clone(),
+            key_end: probe.key_end.clone(),
+            ..Element::default()
+        };
+        push_element_list(&mut attrs, table, set, &key_only);
+        self.send(&message(
+            NFT_MSG_GETSETELEM,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            nfproto(family),
+            &attrs,
+        ))?;
+        let mut found = None;
+        let result = self.replies(seq, true, |payload| {
+            let list = find(payload, NFTA_SET_ELEM_LIST_ELEMENTS);
+            found = list.and_then(|l| {
+                attributes(l)
+                    .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
+                    .find_map(|(_, elem)| parse_element(elem))
+            });
+        });
+        match result {
+            Ok(()) => Ok(found),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -365,8 +409,7 @@ impl Nftnl {
                     let key_only = Element {
                         key: element.key.clone(),
                         key_end: element.key_end.clone(),
-                        data: None,
-                        comment: None,
+                        ..Element::default()
                     };
                     push_element_list(&mut attrs, table, set, &key_only);
                     NFT_MSG_DELSETELEM
@@ -675,6 +718,9 @@ fn push_element_list(out: &mut Vec<u8>, table: &str, set: &str, element: &Elemen
                     push_attr(d, NFTA_DATA_VALUE, data)
                 });
             }
+            if let Some(ms) = element.timeout_ms {
+                push_attr(e, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+            }
             if let Some(comment) = &element.comment {
                 let mut udata = vec![NFTNL_UDATA_SET_ELEM_COMMENT];
                 // Callers keep comments short (see `sets`); the kernel caps user data
@@ -696,6 +742,9 @@ fn parse_element(elem: &[u8]) -> Option<Element> {
         key_end: value(NFTA_SET_ELEM_KEY_END).map(<[u8]>::to_vec),
         data: value(NFTA_SET_ELEM_DATA).map(<[u8]>::to_vec),
         comment: find(elem, NFTA_SET_ELEM_USERDATA).and_then(udata_comment),
+        timeout_ms: find(elem, NFTA_SET_ELEM_TIMEOUT)
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .map(u64::from_be_bytes),
     })
 }
 

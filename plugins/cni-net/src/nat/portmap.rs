@@ -179,7 +179,9 @@ pub fn forward_ports_tracked(
     let _lock = tools::lock()?;
     if backend == Backend::NftablesSets {
         // Set elements are found again by their comment: nothing to track.
-        return sets::hostport_forward(config, &targets)
+        // Without a record of an earlier ADD there is nothing of ours to sweep first.
+        let readd = prior.is_none_or(|p| !p.is_empty());
+        return sets::hostport_forward(config, &targets, readd)
             .map(|()| Some(Vec::new()))
             .map_err(|e| {
                 e.context(|| {
@@ -217,7 +219,7 @@ fn forward_locked(
             }
             result
         }
-        Backend::NftablesSets => sets::hostport_forward(config, targets),
+        Backend::NftablesSets => sets::hostport_forward(config, targets, true),
         Backend::Nftables => nftables::portmap::forward(config, targets, prior).map_err(|e| {
             e.context(|| {
                 format!(
@@ -303,12 +305,28 @@ pub fn unforward_ports_tracked(
     container_id: &str,
     known: Option<&[RuleRef]>,
 ) -> Result<(), NatError> {
+    unforward_ports_installed(backend, network, container_id, known, None)
+}
+
+/// [`unforward_ports_tracked`] that also knows what the last ADD installed (its
+/// recorded mappings and the container's addresses from prevResult), so that the
+/// nftables-sets layout can look its entries up one by one instead of listing every
+/// container's.
+pub fn unforward_ports_installed(
+    backend: Backend,
+    network: &str,
+    container_id: &str,
+    known: Option<&[RuleRef]>,
+    installed: Option<(&[PortMapping], &[IpNetwork])>,
+) -> Result<(), NatError> {
     let _lock = tools::lock()?;
-    let configured = unforward_locked(backend, network, container_id, known);
+    let installed = installed.map(|(mappings, ips)| (mappings, per_family(ips)));
+    let installed = installed.as_ref().map(|(m, t)| (*m, t.as_slice()));
+    let configured = unforward_locked(backend, network, container_id, known, installed);
     // A container added under another layout (the config changed since) is found too.
     let sets_layout =
         if backend != Backend::NftablesSets && sets::table_may_exist(sets::HOSTPORT_TABLE) {
-            sets::hostport_unforward(network, container_id)
+            sets::hostport_unforward(network, container_id, None)
         } else {
             Ok(())
         };
@@ -326,11 +344,13 @@ fn unforward_locked(
     network: &str,
     container_id: &str,
     known: Option<&[RuleRef]>,
+    installed: Option<(&[PortMapping], &[IpNetwork])>,
 ) -> Result<(), NatError> {
     match backend {
-        Backend::NftablesSets => sets::hostport_unforward(network, container_id).map_err(|e| {
-            e.context(|| format!("tear down port mappings (nftables-sets) for {container_id}"))
-        }),
+        Backend::NftablesSets => sets::hostport_unforward(network, container_id, installed)
+            .map_err(|e| {
+                e.context(|| format!("tear down port mappings (nftables-sets) for {container_id}"))
+            }),
         Backend::Iptables => {
             let mut errors = Vec::new();
             let mut usable = 0;

@@ -74,8 +74,8 @@ pub(crate) fn masq_skeleton(family: IpFamily) -> String {
     };
     format!(
         "table {fam} {MASQ_TABLE} {{\n\
-         \tset {PODS_SET} {{ type {addr}; }}\n\
-         \tset {LOCAL_SET} {{ type {addr} . {addr}; flags interval; }}\n\
+         \tset {PODS_SET} {{ type {addr}; flags timeout; }}\n\
+         \tset {LOCAL_SET} {{ type {addr} . {addr}; flags interval,timeout; }}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority 100; policy accept;\n\
          \t\t{fam} saddr @{PODS_SET} {fam} saddr . {fam} daddr != @{LOCAL_SET} \
@@ -91,9 +91,9 @@ pub(crate) fn hostport_skeleton(family: IpFamily) -> String {
     let entry = "fib daddr type local jump hostports";
     format!(
         "table {fam} {HOSTPORT_TABLE} {{\n\
-         \tmap {DNAT_IP_MAP} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service; }}\n\
-         \tmap {DNAT_ANY_MAP} {{ type inet_proto . inet_service : {addr} . inet_service; }}\n\
-         \tset {MASQ_SET} {{ type {addr} . {addr}; }}\n\
+         \tmap {DNAT_IP_MAP} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service; flags timeout; }}\n\
+         \tmap {DNAT_ANY_MAP} {{ type inet_proto . inet_service : {addr} . inet_service; flags timeout; }}\n\
+         \tset {MASQ_SET} {{ type {addr} . {addr}; flags timeout; }}\n\
          \tchain hostports {{\n\
          \t\tdnat {fam} to {fam} daddr . meta l4proto . th dport map @{DNAT_IP_MAP}\n\
          \t\tdnat {fam} to meta l4proto . th dport map @{DNAT_ANY_MAP}\n\
@@ -193,8 +193,8 @@ fn masq_elements(
             Element {
                 key: key(net.network()),
                 key_end: Some(key(last_addr(*net))),
-                data: None,
                 comment: Some(comment.to_string()),
+                ..Element::default()
             },
         ));
     }
@@ -221,9 +221,9 @@ fn hostport_elements(
             map,
             Element {
                 key,
-                key_end: None,
                 data: Some([pod.clone(), port_field(m.container_port).to_vec()].concat()),
                 comment: Some(comment.to_string()),
+                ..Element::default()
             },
         ));
     }
@@ -281,79 +281,175 @@ fn with_nl<R>(f: impl FnOnce(&mut Nftnl) -> Result<R, NatError>) -> Result<R, Na
     result
 }
 
-/// The elements of `sets` whose comment `owned` accepts, as deletions.
-fn owned_deletions(
+/// How long a removed element lingers, in milliseconds. See [`expire`].
+const EXPIRE_MS: u64 = 1;
+
+/// The container's elements of `sets` (by `owned` on their comment).
+fn owned_elements(
     nl: &mut Nftnl,
     family: IpFamily,
     table: &'static str,
     sets: &[&'static str],
     owned: impl Fn(&str) -> bool,
-) -> Result<Vec<Op>, NatError> {
-    let mut ops = Vec::new();
+) -> Result<Vec<(&'static str, Element)>, NatError> {
+    let mut out = Vec::new();
     for set in sets {
         for element in nl
             .elements(family, table, set)
             .map_err(kernel("list", table))?
         {
             if element.comment.as_deref().is_some_and(&owned) {
-                ops.push(Op::DeleteElement {
-                    set: set.to_string(),
-                    element,
-                });
+                out.push((*set, element));
             }
         }
     }
-    Ok(ops)
+    Ok(out)
 }
 
-/// Replaces the container's elements of `sets` in `table` by `wanted`, in one batch.
-/// Identical elements stay; a key that another owner holds is refused by name.
-fn replace(
+/// Removes `doomed` by giving each a timeout of [`EXPIRE_MS`] instead of deleting it.
+///
+/// Why: a deletion leaves memory for the kernel to free after an RCU grace period,
+/// and whoever closes a netfilter socket next (this process, at exit) waits for that
+/// with the nf_tables commit mutex held: about 10 ms on every DEL. An expired element
+/// no longer matches any packet, is invisible to lookups and listings, and is freed
+/// by the set's own garbage collector in the background. Kernels that cannot change
+/// an element's timeout (before 6.10) leave it unchanged: that is detected on the
+/// first element, and those get deleted the classic way.
+fn expire(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    table: &'static str,
+    doomed: Vec<(&'static str, Element)>,
+) -> Result<(), NatError> {
+    let Some((probe_set, probe)) = doomed.first().cloned() else {
+        return Ok(());
+    };
+    let ops: Vec<Op> = doomed
+        .iter()
+        .map(|(set, element)| Op::AddElement {
+            set: set.to_string(),
+            element: Element {
+                timeout_ms: Some(EXPIRE_MS),
+                ..element.clone()
+            },
+        })
+        .collect();
+    // A set made without `flags timeout` refuses the timeout (EINVAL): delete instead.
+    if nl.commit(family, table, &ops).is_ok() {
+        let ignored = nl
+            .element(family, table, probe_set, &probe)
+            .map_err(kernel("look up", table))?
+            .is_some_and(|e| e.timeout_ms.is_none());
+        if !ignored {
+            return Ok(());
+        }
+    }
+    let ops: Vec<Op> = doomed
+        .into_iter()
+        .map(|(set, element)| Op::DeleteElement {
+            set: set.to_string(),
+            element,
+        })
+        .collect();
+    nl.commit(family, table, &ops)
+        .map_err(kernel("update", table))
+}
+
+/// Installs the container's `wanted` elements, in one batch: each key is looked up
+/// on its own, so the cost does not grow with the number of pods. An identical
+/// element of ours stays. A key another owner holds is refused by name, except in
+/// `addressed` sets, keyed by the container's own address: IPAM gave that address to
+/// this container, so an entry of a former holder is stale (its DEL never came) and
+/// is taken over. With `sweep`, our other elements (an earlier ADD's) go first.
+#[allow(clippy::too_many_arguments)]
+fn install(
     nl: &mut Nftnl,
     family: IpFamily,
     table: &'static str,
     sets: &[&'static str],
+    addressed: &[&'static str],
     comment: &str,
-    wanted: Vec<(&'static str, Element)>,
+    wanted: &[(&'static str, Element)],
+    sweep: bool,
 ) -> Result<(), NatError> {
-    let mut ops = Vec::new();
-    let mut kept = HashSet::new();
-    for set in sets {
-        for element in nl
-            .elements(family, table, set)
-            .map_err(kernel("list", table))?
-        {
-            let same_key = wanted
-                .iter()
-                .find(|(s, w)| s == set && w.key == element.key && w.key_end == element.key_end);
-            match (element.comment.as_deref() == Some(comment), same_key) {
-                (true, Some((_, w))) if w.data == element.data => {
-                    kept.insert((set.to_string(), element.key.clone()));
-                }
-                (true, _) => ops.push(Op::DeleteElement {
-                    set: set.to_string(),
-                    element,
-                }),
-                (false, Some(_)) => {
-                    return Err(NatError::Conflict(format!(
-                        "{table} {set}: the entry this container needs is held by {}",
-                        element.comment.as_deref().unwrap_or("another container")
-                    )));
-                }
-                (false, None) => {}
-            }
+    if sweep {
+        let stale: Vec<(&'static str, Element)> =
+            owned_elements(nl, family, table, sets, |c| c == comment)?
+                .into_iter()
+                .filter(|(set, e)| {
+                    !wanted
+                        .iter()
+                        .any(|(s, w)| s == set && w.key == e.key && w.key_end == e.key_end)
+                })
+                .collect();
+        expire(nl, family, table, stale)?;
+    }
+    // An element a DEL has just expired may still be there for a jiffy or two: wait
+    // it out (see `install_ops`). A deletion can also race an expiry and fail with
+    // ENOENT: look again.
+    for _ in 0..ATTEMPTS {
+        let Some(ops) = install_ops(nl, family, table, addressed, comment, wanted)? else {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            continue;
+        };
+        match nl.commit(family, table, &ops) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            result => return result.map_err(kernel("update", table)),
         }
     }
+    Err(NatError::Conflict(format!(
+        "{table}: entries of a removed container did not expire"
+    )))
+}
+
+/// Look-ups before [`install`] gives up: about 40 ms of expiring entries.
+const ATTEMPTS: usize = 20;
+
+/// The batch that installs `wanted`, or `None` while a key is held by an element that
+/// is about to expire: re-adding it now would not revive it (an add of an identical
+/// element changes nothing), and deleting it can race its expiry.
+fn install_ops(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    table: &'static str,
+    addressed: &[&'static str],
+    comment: &str,
+    wanted: &[(&'static str, Element)],
+) -> Result<Option<Vec<Op>>, NatError> {
+    let mut ops = Vec::new();
     for (set, element) in wanted {
-        if !kept.contains(&(set.to_string(), element.key.clone())) {
-            ops.push(Op::AddElement {
+        let existing = nl
+            .element(family, table, set, element)
+            .map_err(kernel("look up", table))?;
+        let replace = match existing {
+            None => false,
+            Some(e) if e.timeout_ms.is_some() => return Ok(None),
+            Some(e) if e.comment.as_deref() == Some(comment) => {
+                if e.data == element.data {
+                    continue;
+                }
+                true
+            }
+            Some(_) if addressed.contains(set) => true,
+            Some(e) => {
+                return Err(NatError::Conflict(format!(
+                    "{table} {set}: the entry this container needs is held by {}",
+                    e.comment.as_deref().unwrap_or("another container")
+                )));
+            }
+        };
+        if replace {
+            ops.push(Op::DeleteElement {
                 set: set.to_string(),
-                element,
+                element: element.clone(),
             });
         }
+        ops.push(Op::AddElement {
+            set: set.to_string(),
+            element: element.clone(),
+        });
     }
-    nl.commit(family, table, &ops)
-        .map_err(kernel("update", table))
+    Ok(Some(ops))
 }
 
 /// ipMasq ADD for the container's `ips`. The caller holds the NAT lock.
@@ -375,7 +471,11 @@ fn masq_setup_with(nl: &mut Nftnl, comment: &str, ips: &[IpNetwork]) -> Result<(
         }
         ensure_table(nl, family, MASQ_TABLE, &masq_skeleton(family))?;
         let wanted = masq_elements(family, ips, comment);
-        replace(nl, family, MASQ_TABLE, &MASQ_SETS, comment, wanted)?;
+        // No sweep: host-local refuses a second ADD of an attachment, and DEL removes
+        // every element of the attachment, whatever its address.
+        install(
+            nl, family, MASQ_TABLE, &MASQ_SETS, &MASQ_SETS, comment, &wanted, false,
+        )?;
     }
     Ok(())
 }
@@ -417,9 +517,8 @@ fn sweep(
             {
                 continue;
             }
-            let ops = owned_deletions(nl, family, table, sets, &owned)?;
-            nl.commit(family, table, &ops)
-                .map_err(kernel("update", table))?;
+            let doomed = owned_elements(nl, family, table, sets, &owned)?;
+            expire(nl, family, table, doomed)?;
         }
         Ok(())
     })
@@ -436,9 +535,12 @@ pub(crate) fn table_may_exist(table: &str) -> bool {
 }
 
 /// portmap ADD towards `targets` (one address per family). The caller holds the lock.
+/// `readd`: an earlier ADD of this container may have left elements this one does not
+/// want (portmap's record says so), to be swept first.
 pub(crate) fn hostport_forward(
     config: &PortMapConfig,
     targets: &[IpNetwork],
+    readd: bool,
 ) -> Result<(), NatError> {
     let comment = hostport_comment(&config.network, &config.container_id);
     check_comment(&comment)?;
@@ -447,16 +549,62 @@ pub(crate) fn hostport_forward(
             let family = IpFamily::of(target.ip());
             ensure_table(nl, family, HOSTPORT_TABLE, &hostport_skeleton(family))?;
             let wanted = hostport_elements(config, target, &comment);
-            replace(nl, family, HOSTPORT_TABLE, &HOSTPORT_SETS, &comment, wanted)?;
+            install(
+                nl,
+                family,
+                HOSTPORT_TABLE,
+                &HOSTPORT_SETS,
+                &[MASQ_SET],
+                &comment,
+                &wanted,
+                readd,
+            )?;
         }
         Ok(())
     })
 }
 
 /// portmap DEL (and GC, per container): removes the container's elements.
-pub(crate) fn hostport_unforward(network: &str, container_id: &str) -> Result<(), NatError> {
+///
+/// With `installed` (the last ADD's mappings and addresses), its entries are looked up
+/// one by one, which costs the same with a thousand pods as with none; otherwise every
+/// entry is listed and ours are picked by their comment.
+pub(crate) fn hostport_unforward(
+    network: &str,
+    container_id: &str,
+    installed: Option<(&[PortMapping], &[IpNetwork])>,
+) -> Result<(), NatError> {
     let comment = hostport_comment(network, container_id);
-    sweep(HOSTPORT_TABLE, &HOSTPORT_SETS, |c| c == comment)
+    let Some((mappings, targets)) = installed.filter(|(m, t)| !m.is_empty() && !t.is_empty())
+    else {
+        return sweep(HOSTPORT_TABLE, &HOSTPORT_SETS, |c| c == comment);
+    };
+    // snat on: its entries are a superset of snat off's, and absent ones are skipped.
+    let config = PortMapConfig::new(network, container_id, mappings.to_vec());
+    with_nl(|nl| {
+        for &target in targets {
+            let family = IpFamily::of(target.ip());
+            if !nl
+                .table_exists(family, HOSTPORT_TABLE)
+                .map_err(kernel("look up", HOSTPORT_TABLE))?
+            {
+                continue;
+            }
+            let mut doomed = Vec::new();
+            for (set, probe) in hostport_elements(&config, target, &comment) {
+                let found = nl
+                    .element(family, HOSTPORT_TABLE, set, &probe)
+                    .map_err(kernel("look up", HOSTPORT_TABLE))?;
+                if let Some(e) = found.filter(|e| {
+                    e.comment.as_deref() == Some(comment.as_str()) && e.timeout_ms.is_none()
+                }) {
+                    doomed.push((set, e));
+                }
+            }
+            expire(nl, family, HOSTPORT_TABLE, doomed)?;
+        }
+        Ok(())
+    })
 }
 
 /// portmap CHECK: every element ADD would add is there, owned by this container.
@@ -511,7 +659,7 @@ mod tests {
         assert!(v4.contains("dnat ip to ip daddr . meta l4proto . th dport map @dnat_ip"));
         assert!(v4.contains("ct status dnat ip saddr . ip daddr @masq masquerade"));
         let v6 = masq_skeleton(IpFamily::V6);
-        assert!(v6.contains("set local { type ipv6_addr . ipv6_addr; flags interval; }"));
+        assert!(v6.contains("set local { type ipv6_addr . ipv6_addr; flags interval,timeout; }"));
         assert!(v6.contains("ip6 daddr != ff00::/8 masquerade"));
     }
 
