@@ -9,6 +9,7 @@ use netlink_packet_route::link::{
     LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 
+use super::devconf::Ipv4Conf;
 use super::socket::Netlink;
 use super::types::{MacAddr, OperState};
 use crate::error::{Error, Result};
@@ -47,6 +48,9 @@ pub struct Link {
     pub vlan_filtering: Option<bool>,
     /// For bridge ports: the port flags.
     pub bridge_port: Option<BridgePortInfo>,
+    /// The `net/ipv4/conf/<if>/` settings at lookup time; `None` when the
+    /// interface has no IPv4 state.
+    pub ipv4_conf: Option<Ipv4Conf>,
 }
 
 /// Flags of a bridge port.
@@ -85,6 +89,9 @@ impl Link {
                 LinkAttribute::Link(l) if l != 0 => link.peer_index = Some(l),
                 LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(id),
                 LinkAttribute::LinkInfo(infos) => link.read_link_info(infos),
+                LinkAttribute::AfSpecUnspec(specs) => {
+                    link.ipv4_conf = Ipv4Conf::from_af_spec(&specs);
+                }
                 _ => {}
             }
         }

@@ -1,4 +1,5 @@
-//! Synchronous rtnetlink: links, addresses, routes and bridge ports.
+//! Synchronous rtnetlink: links, addresses, routes, bridge ports and IPv4
+//! per-interface settings.
 //!
 //! One [`Netlink`] socket per network namespace; methods are kernel verbs:
 //!
@@ -37,6 +38,7 @@
 
 mod addr;
 mod bridge;
+mod devconf;
 mod link;
 mod route;
 mod socket;
@@ -44,6 +46,7 @@ mod types;
 
 pub use addr::{Addr, IFA_F_DADFAILED, IFA_F_NODAD, IFA_F_PERMANENT, IFA_F_TENTATIVE};
 pub use bridge::BridgeVlan;
+pub use devconf::{Ipv4Conf, Ipv4DevConf};
 pub use link::{BridgePortInfo, Link};
 pub use route::{RT_TABLE_LOCAL, RT_TABLE_MAIN, RTN_UNICAST, RTPROT_BOOT, Route};
 pub use socket::{DUMP_ATTEMPTS, Netlink};
