@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The driver behind scripts/bench.sh: see that script for usage.
 
-Each implementation under test ("variant": ours with iptables, ours with nftables, the
-reference) gets a *worker*: a python process started under `unshare --mount --net`, so
+Each implementation under test ("variant": ours with iptables, ours with nftables, ours
+with the nftables-sets layout, the reference) gets a *worker*: a python process started under `unshare --mount --net`, so
 it sits in a private "host" network namespace and a private mount namespace holding
 fresh tmpfs mounts on /run and /var/lib/cni. Pods are network namespaces bind-mounted on
 files in that private /run. Every bridge, veth, firewall rule, IPAM reservation,
@@ -531,6 +531,8 @@ class Bench:
                               os.path.join(conf, "10-bridge.conflist")))
         self.variants.append(("ours-nft", "ours (nftables)", args["ours"],
                               os.path.join(conf, "10-bridge-nftables.conflist")))
+        self.variants.append(("ours-sets", "ours (nftables-sets)", args["ours"],
+                              os.path.join(conf, "10-bridge-nftables-sets.conflist")))
         if args["ref"]:
             self.variants.append(("ref", "reference (iptables)", args["ref"],
                                   os.path.join(conf, "10-bridge.conflist")))
@@ -672,9 +674,10 @@ class Bench:
         w("")
         hdr = "| measurement | " + " | ".join(labels[k] for k in keys)
         sep = "|---|" + "---:|" * len(keys)
+        ours_keys = [k for k in keys if k != "ref"]
         if have_ref:
-            hdr += " | ref / ours (ipt) | ref / ours (nft)"
-            sep += "---:|---:|"
+            hdr += "".join(f" | ref / {labels[k]}" for k in ours_keys)
+            sep += "---:|" * len(ours_keys)
         w(hdr + " |")
         w(sep)
 
@@ -687,8 +690,7 @@ class Bench:
             line = f"| {label} | " + " | ".join(cells)
             if have_ref:
                 r = vals["ref"]
-                line += (f" | {ratio(num(r), num(vals['ours-ipt']))}"
-                         f" | {ratio(num(r), num(vals['ours-nft']))}")
+                line += "".join(f" | {ratio(num(r), num(vals[k]))}" for k in ours_keys)
             w(line + " |")
 
         def num(v):

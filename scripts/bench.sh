@@ -4,7 +4,8 @@
 #   sudo scripts/bench.sh [--quick] [--pods N] [--out FILE]
 #
 # Measures, for ours with the iptables backend (conf/10-bridge.conflist), ours with the
-# nftables backend (conf/10-bridge-nftables.conflist) and, when Debian's
+# nftables backend (conf/10-bridge-nftables.conflist), ours with the opt-in
+# nftables-sets layout (conf/10-bridge-nftables-sets.conflist) and, when Debian's
 # containernetworking-plugins is installed, the reference (/usr/lib/cni, iptables only):
 #   - the full chain (bridge + host-local + portmap, one host port, ipMasq on) ADD and DEL,
 #     by direct exec (as libcni does it) and through cnitool when it is on PATH:

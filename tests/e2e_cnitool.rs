@@ -20,10 +20,11 @@ use e2e::{EXT_V4, EXT_V6, NODE_V4, NODE_V6, Node, Plugins, Runtime, in_subnet};
 use serde_json::Value;
 
 /// The conflists this file runs; `every_conflist_in_conf_is_tested` keeps it complete.
-const CONFLISTS: [&str; 4] = [
+const CONFLISTS: [&str; 5] = [
     "10-bridge.conflist",
     "10-bridge-dualstack.conflist",
     "10-bridge-nftables.conflist",
+    "10-bridge-nftables-sets.conflist",
     "10-containerd-net.conflist",
 ];
 
@@ -350,6 +351,13 @@ fn cnitool_dualstack_conflist() {
 fn cnitool_nftables_conflist() {
     let Some(rt) = Runtime::cnitool() else { return };
     full_flow("10-bridge-nftables.conflist", Plugins::Ours, rt);
+}
+
+/// The opt-in layout where a pod is a few nftables set elements (no process per call).
+#[test]
+fn cnitool_nftables_sets_conflist() {
+    let Some(rt) = Runtime::cnitool() else { return };
+    full_flow("10-bridge-nftables-sets.conflist", Plugins::Ours, rt);
 }
 
 #[test]
