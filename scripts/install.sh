@@ -21,6 +21,8 @@
 #                        dual-stack variant (conf/10-bridge-dualstack.conflist)
 #   --nftables           the nftables variant (conf/10-bridge-nftables.conflist, IPv4):
 #                        ipMasq and port mappings through nft instead of iptables
+#   --nftables-sets      the opt-in nftables-sets variant (conf/10-bridge-nftables-sets
+#                        .conflist, IPv4): fixed nft rules, a pod is a few set elements
 #   --bin-dir DIR        where the plugins go                   [/opt/cni/bin]
 #   --conf-dir DIR       where the conflist goes                [/etc/cni/net.d]
 #   --prebuilt DIR       take the binaries from DIR instead of building them
@@ -44,7 +46,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 bin_dir=/opt/cni/bin conf_dir=/etc/cni/net.d prebuilt='' cidr4='' cidr6=''
-nftables=0 force=0 uninstall=0
+nftables=0 sets=0 force=0 uninstall=0
 need_value() { if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi; }
 while [ $# -gt 0 ]; do
     case $1 in
@@ -56,6 +58,7 @@ while [ $# -gt 0 ]; do
     --pod-cidr=* | --pod-cidr-v6=* | --bin-dir=* | --conf-dir=* | --prebuilt=*)
         set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
     --nftables) nftables=1; shift ;;
+    --nftables-sets) nftables=1; sets=1; shift ;;
     --force) force=1; shift ;;
     --uninstall) uninstall=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -177,7 +180,9 @@ check_cidr4 "$cidr4"
 [ -z "$cidr6" ] || check_cidr6 "$cidr6"
 
 if [ "$nftables" = 1 ] && [ -n "$cidr6" ]; then
-    die "--nftables and --pod-cidr-v6 together: the nftables variant is IPv4-only so far"
+    die "--nftables(-sets) and --pod-cidr-v6 together: the nftables variants are IPv4-only so far"
+elif [ "$sets" = 1 ]; then
+    template=$ROOT/conf/10-bridge-nftables-sets.conflist
 elif [ "$nftables" = 1 ]; then
     template=$ROOT/conf/10-bridge-nftables.conflist
 elif [ -n "$cidr6" ]; then

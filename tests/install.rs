@@ -190,6 +190,14 @@ fn dual_stack_and_nftables_variants() {
         json(&t.conflist()),
         template_with("10-bridge-nftables.conflist", &["10.244.8.0/24"])
     );
+
+    let t = Target::new();
+    t.install(&["--pod-cidr=10.244.9.0/24", "--nftables-sets"])
+        .ok();
+    assert_eq!(
+        json(&t.conflist()),
+        template_with("10-bridge-nftables-sets.conflist", &["10.244.9.0/24"])
+    );
 }
 
 #[test]
