@@ -40,6 +40,7 @@ mod addr;
 mod bridge;
 mod devconf;
 mod link;
+mod netconf;
 mod route;
 mod socket;
 mod types;

@@ -128,13 +128,60 @@ impl Netlink {
         packet.finalize();
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
+        self.send_bytes(&out)
+    }
+
+    /// Sends a message `netlink-packet-route` has no type for: a bare
+    /// `nlmsghdr` in front of `payload`.
+    fn send_raw(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> Result<u32, OpError> {
+        self.seq = self.seq.wrapping_add(1);
+        let len = u32::try_from(NLMSG_HDRLEN + payload.len())
+            .map_err(|_| OpError::protocol("request too large"))?;
+        let mut out = Vec::with_capacity(NLMSG_HDRLEN + payload.len());
+        out.extend_from_slice(&len.to_ne_bytes());
+        out.extend_from_slice(&msg_type.to_ne_bytes());
+        out.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        out.extend_from_slice(&self.seq.to_ne_bytes());
+        // nlmsg_pid 0: the kernel fills in this socket's port.
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(payload);
+        self.send_bytes(&out)
+    }
+
+    fn send_bytes(&mut self, out: &[u8]) -> Result<u32, OpError> {
         let kernel = SocketAddr::new(0, 0);
         loop {
-            match self.sock.send_to(&out, &kernel, 0) {
+            match self.sock.send_to(out, &kernel, 0) {
                 Ok(_) => return Ok(self.seq),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(OpError::io("send", e)),
             }
+        }
+    }
+
+    /// Sends a single-object get `netlink-packet-route` cannot express and
+    /// returns the answer's type and payload (after the `nlmsghdr`);
+    /// `Ok(None)` when the object does not exist.
+    pub(crate) fn get_raw(
+        &mut self,
+        msg_type: u16,
+        payload: &[u8],
+        op: impl FnOnce() -> String,
+    ) -> Result<Option<(u16, Vec<u8>)>> {
+        let result = self.send_raw(msg_type, NLM_F_ACK, payload).and_then(|seq| {
+            let mut first = None;
+            self.receive(seq, |mtype, msg| {
+                if first.is_none() {
+                    first = Some((mtype, msg[NLMSG_HDRLEN..].to_vec()));
+                }
+                Ok(())
+            })?;
+            Ok(first)
+        });
+        match result {
+            Ok(first) => Ok(first),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.with_op(op())),
         }
     }
 
@@ -163,10 +210,33 @@ impl Netlink {
 
     fn exchange(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<Reply, OpError> {
         let seq = self.send(msg, flags)?;
-        let mut reply = Reply {
-            msgs: Vec::new(),
-            interrupted: false,
-        };
+        let mut msgs = Vec::new();
+        let interrupted = self.receive(seq, |_, bytes| {
+            match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+                Ok(m) => {
+                    if let NetlinkPayload::InnerMessage(inner) = m.payload {
+                        msgs.push(inner);
+                    }
+                    Ok(())
+                }
+                // One object with an attribute this crate cannot parse
+                // (an exotic link type) must not hide all the others.
+                Err(_) if flags & NLM_F_DUMP == NLM_F_DUMP => Ok(()),
+                Err(e) => Err(OpError::protocol(format!("cannot parse reply: {e}"))),
+            }
+        })?;
+        Ok(Reply { msgs, interrupted })
+    }
+
+    /// Reads the answers to request `seq` until its ack or `NLMSG_DONE`,
+    /// handing each data message (header included) to `on_msg`; returns
+    /// whether the kernel flagged the dump as interrupted.
+    fn receive(
+        &mut self,
+        seq: u32,
+        mut on_msg: impl FnMut(u16, &[u8]) -> Result<(), OpError>,
+    ) -> Result<bool, OpError> {
+        let mut interrupted = false;
         loop {
             self.recv_datagram()?;
             let mut off = 0;
@@ -182,7 +252,7 @@ impl Netlink {
                     continue;
                 }
                 if mflags & NLM_F_DUMP_INTR != 0 {
-                    reply.interrupted = true;
+                    interrupted = true;
                 }
                 let payload = &bytes[NLMSG_HDRLEN..len];
                 match mtype {
@@ -190,7 +260,7 @@ impl Netlink {
                         let code = read_i32(payload)
                             .ok_or_else(|| OpError::protocol("short NLMSG_ERROR"))?;
                         if code == 0 {
-                            return Ok(reply);
+                            return Ok(interrupted);
                         }
                         let tlvs = ack_tlvs(&payload[4..], mflags);
                         return Err(OpError::kernel(code, tlvs));
@@ -205,21 +275,11 @@ impl Netlink {
                             };
                             return Err(OpError::kernel(code, tlvs));
                         }
-                        return Ok(reply);
+                        return Ok(interrupted);
                     }
                     _ => {}
                 }
-                match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
-                    Ok(m) => {
-                        if let NetlinkPayload::InnerMessage(inner) = m.payload {
-                            reply.msgs.push(inner);
-                        }
-                    }
-                    // One object with an attribute this crate cannot parse
-                    // (an exotic link type) must not hide all the others.
-                    Err(_) if flags & NLM_F_DUMP == NLM_F_DUMP => {}
-                    Err(e) => return Err(OpError::protocol(format!("cannot parse reply: {e}"))),
-                }
+                on_msg(mtype, &bytes[..len])?;
                 // A single-object get without NLM_F_ACK would end here; ours
                 // always carries NLM_F_ACK, so keep reading until the ack.
             }
