@@ -306,7 +306,7 @@ fn set_gateways(
             }
         }
         if !nets.is_empty() {
-            gateway::enable_forwarding(family)?;
+            gateway::enable_forwarding(nl, family)?;
         }
     }
     Ok(())

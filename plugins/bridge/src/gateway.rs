@@ -166,10 +166,8 @@ pub fn ensure_addr(
 /// the walk below `/proc/sys/net/ipv4` that costs ~0.5 ms with a thousand
 /// netns. `/proc` stays the way to turn it on (netlink cannot) and the
 /// fallback whenever netlink does not give a clear answer.
-pub fn enable_forwarding(family: Family) -> Result<(), BridgeError> {
-    if let Ok(mut nl) = Netlink::open()
-        && let Ok(Some(true)) = nl.forwarding(family)
-    {
+pub fn enable_forwarding(nl: &mut Netlink, family: Family) -> Result<(), BridgeError> {
+    if let Ok(Some(true)) = nl.forwarding(family) {
         return Ok(());
     }
     let key = match family {
