@@ -3,6 +3,10 @@
 //! ipMasq rules are removed by name, so nothing leaks when the netns is
 //! already gone or `CNI_NETNS` is empty. The bridge is never removed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::time::Duration;
+
 use cni_net::netlink::Netlink;
 use cni_net::netns::NetNs;
 use cni_types::{Request, invoke};
@@ -10,6 +14,7 @@ use cni_types::{Request, invoke};
 use crate::config::BridgeConf;
 use crate::error::BridgeError;
 use crate::masq;
+use crate::portwatch::LinkEvents;
 use crate::spoofcheck::SpoofCheck;
 
 pub fn del(req: &Request) -> Result<(), BridgeError> {
@@ -18,18 +23,26 @@ pub fn del(req: &Request) -> Result<(), BridgeError> {
     // Removing a veth costs the kernel two RCU grace periods (~20 ms); the
     // firewall teardown is a few tool runs that do not depend on it, so they
     // overlap. The worker never changes netns, so the tools it spawns run in
-    // the host. IPAM still releases only after the interface is gone, so the
-    // address cannot be handed out while the old interface holds it.
+    // the host. IPAM releases only once the interface is gone, so the address
+    // cannot be handed out while the old interface holds it; but "gone" is
+    // when the kernel announces the removal, which comes before its ~20 ms
+    // wait for memory reclamation, so IPAM's DEL overlaps that wait too.
+    let conf = &conf;
     let (iface, firewall, ipam) = std::thread::scope(|s| {
-        let firewall = s.spawn(|| teardown_firewall(&conf, req));
-        let iface = remove_iface_if_netns(req);
-        let ipam = match (&iface, &conf.ipam_type) {
-            (Ok(()), Some(ipam)) => invoke::delegate_del(ipam, req).map_err(BridgeError::Ipam),
+        let firewall = s.spawn(|| teardown_firewall(conf, req));
+        let (gone_tx, gone_rx) = channel();
+        let ipam = s.spawn(move || match (gone_rx.recv(), &conf.ipam_type) {
+            (Ok(true), Some(ipam)) => invoke::delegate_del(ipam, req).map_err(BridgeError::Ipam),
             _ => Ok(()),
+        });
+        let iface = remove_iface_if_netns(req, &gone_tx);
+        // Unless the announcement already said so: the first answer counts.
+        let _ = gone_tx.send(iface.is_ok());
+        let joined = |r: std::thread::Result<Result<(), BridgeError>>, what: &str| {
+            r.unwrap_or_else(|_| Err(BridgeError::Config(format!("{what} panicked"))))
         };
-        let firewall = firewall
-            .join()
-            .unwrap_or_else(|_| Err(BridgeError::Config("firewall teardown panicked".into())));
+        let ipam = joined(ipam.join(), "IPAM release");
+        let firewall = joined(firewall.join(), "firewall teardown");
         (iface, firewall, ipam)
     });
     // Every step ran even if another failed, so a retried DEL has as little
@@ -45,12 +58,14 @@ pub fn del(req: &Request) -> Result<(), BridgeError> {
     }
 }
 
-fn remove_iface_if_netns(req: &Request) -> Result<(), BridgeError> {
+/// Removes the container interface; `gone` hears `true` as soon as the kernel
+/// announces it removed (before the removal returns).
+fn remove_iface_if_netns(req: &Request, gone: &Sender<bool>) -> Result<(), BridgeError> {
     let Some(path) = &req.netns else {
         return Ok(());
     };
     match NetNs::open(path) {
-        Ok(ns) => remove_container_iface(&ns, &req.ifname),
+        Ok(ns) => remove_container_iface(&ns, &req.ifname, gone),
         // The runtime removed the netns first (or it is a stale file left
         // after a reboot): its interfaces are gone with it.
         Err(e) if e.is_not_found() || matches!(e, cni_net::error::Error::NotNetns { .. }) => Ok(()),
@@ -76,24 +91,48 @@ fn teardown_firewall(conf: &BridgeConf, req: &Request) -> Result<(), BridgeError
     Ok(())
 }
 
-fn remove_container_iface(ns: &NetNs, ifname: &str) -> Result<(), BridgeError> {
+fn remove_container_iface(
+    ns: &NetNs,
+    ifname: &str,
+    gone: &Sender<bool>,
+) -> Result<(), BridgeError> {
     let mut nl = Netlink::open_in(ns)
         .map_err(|e| BridgeError::kernel("failed to open netlink socket in container", e))?;
     let link = nl
         .link_by_name(ifname)
         .map_err(|e| BridgeError::kernel(format!("failed to lookup {ifname:?}"), e))?;
-    if let Some(link) = link {
-        match nl.delete_link(&link) {
-            Ok(()) => {}
-            // A concurrent DEL got there first.
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                return Err(BridgeError::kernel(
-                    format!("failed to delete {ifname:?}"),
-                    e,
-                ));
-            }
+    let Some(link) = link else {
+        return Ok(());
+    };
+    // Subscribed before the removal, so its announcement cannot be missed.
+    // Without a subscription IPAM simply waits for the removal to return.
+    let events = ns
+        .run(|| Ok::<_, BridgeError>(LinkEvents::subscribe().ok()))
+        .ok()
+        .flatten();
+    let removed = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if let Some(mut events) = events {
+            let removed = &removed;
+            s.spawn(move || {
+                while !removed.load(Ordering::Acquire) {
+                    if events.wait_gone(link.index, Duration::from_millis(2)) {
+                        let _ = gone.send(true);
+                        return;
+                    }
+                }
+            });
         }
-    }
-    Ok(())
+        let result = match nl.delete_link(&link) {
+            Ok(()) => Ok(()),
+            // A concurrent DEL got there first.
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(BridgeError::kernel(
+                format!("failed to delete {ifname:?}"),
+                e,
+            )),
+        };
+        removed.store(true, Ordering::Release);
+        result
+    })
 }

@@ -1,4 +1,5 @@
-//! Waiting for the host port to come up without sleep-polling.
+//! Waiting for link changes without sleep-polling: the host port coming up
+//! (ADD), the container interface going (DEL).
 //!
 //! The kernel updates a veth's operational state from a workqueue shortly
 //! after its peer comes up, so a read right after bringing the container end
@@ -15,6 +16,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 /// `RTMGRP_LINK`: the link notification group, as a bind mask.
 const RTMGRP_LINK: u32 = 1;
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const IFLA_OPERSTATE: u16 = 16;
 const IF_OPER_UP: u8 = 6;
 const NLMSG_HDRLEN: usize = 16;
@@ -42,6 +44,17 @@ impl LinkEvents {
     /// Waits until a notification says link `index` is operationally up;
     /// false when `timeout` passes first.
     pub fn wait_up(&mut self, index: u32, timeout: Duration) -> bool {
+        self.wait_for(timeout, |buf| says_up(buf, index))
+    }
+
+    /// Waits until the kernel announces that link `index` is gone; false when
+    /// `timeout` passes first.
+    pub fn wait_gone(&mut self, index: u32, timeout: Duration) -> bool {
+        self.wait_for(timeout, |buf| says_gone(buf, index))
+    }
+
+    /// Reads notifications until one datagram satisfies `seen`.
+    fn wait_for(&mut self, timeout: Duration, seen: impl Fn(&[u8]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -71,31 +84,50 @@ impl LinkEvents {
                 // ENOBUFS: notifications were dropped; the caller re-reads.
                 Err(_) => return false,
             }
-            if says_up(&self.buf, index) {
+            if seen(&self.buf) {
                 return true;
             }
         }
     }
 }
 
+fn u16_at(b: &[u8], o: usize) -> Option<u16> {
+    b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
+}
+
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    b.get(o..o + 4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// The messages of a datagram of rtnetlink messages of type `kind` about link
+/// `index`.
+fn link_messages(buf: &[u8], kind: u16, index: u32) -> impl Iterator<Item = &[u8]> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        while let Some(len) = u32_at(buf, off).map(|l| l as usize) {
+            if len < NLMSG_HDRLEN || off + len > buf.len() {
+                return None;
+            }
+            let msg = &buf[off..off + len];
+            off += (len + 3) & !3;
+            if u16_at(msg, 4) == Some(kind) && u32_at(msg, NLMSG_HDRLEN + 4) == Some(index) {
+                return Some(msg);
+            }
+        }
+        None
+    })
+}
+
+/// Whether a datagram has an RTM_DELLINK for `index`.
+fn says_gone(buf: &[u8], index: u32) -> bool {
+    link_messages(buf, RTM_DELLINK, index).next().is_some()
+}
+
 /// Whether a datagram of rtnetlink messages has an RTM_NEWLINK for `index`
 /// with IFLA_OPERSTATE up.
 fn says_up(buf: &[u8], index: u32) -> bool {
-    let u16_at = |b: &[u8], o: usize| b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]));
-    let u32_at = |b: &[u8], o: usize| {
-        b.get(o..o + 4)
-            .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
-    };
-    let mut off = 0;
-    while let Some(len) = u32_at(buf, off).map(|l| l as usize) {
-        if len < NLMSG_HDRLEN || off + len > buf.len() {
-            return false;
-        }
-        let msg = &buf[off..off + len];
-        off += (len + 3) & !3;
-        if u16_at(msg, 4) != Some(RTM_NEWLINK) || u32_at(msg, NLMSG_HDRLEN + 4) != Some(index) {
-            continue;
-        }
+    for msg in link_messages(buf, RTM_NEWLINK, index) {
         let mut a = NLMSG_HDRLEN + IFINFOMSG_LEN;
         while let (Some(alen), Some(kind)) = (u16_at(msg, a), u16_at(msg, a + 2)) {
             let alen = usize::from(alen);
@@ -171,6 +203,18 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn recognises_the_removal_of_the_right_link() {
+        let mut del = newlink(7, None);
+        del[4..6].copy_from_slice(&RTM_DELLINK.to_ne_bytes());
+        assert!(says_gone(&del, 7));
+        assert!(!says_gone(&del, 8));
+        assert!(!says_gone(&newlink(7, Some(IF_OPER_UP)), 7));
+        // A removal after another link's news in the same datagram.
+        let both = [newlink(3, Some(IF_OPER_UP)), del].concat();
+        assert!(says_gone(&both, 7));
     }
 
     #[test]
