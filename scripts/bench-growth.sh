@@ -12,11 +12,12 @@
 #    containers mapped: on the iptables layout that commit adds a chain and a jump,
 #    and every commit adding a jump re-validates the nat table's whole jump graph; on
 #    nftables-sets it adds set elements, which needs no validation.
-# 2. A new bridge port. Our bridge plugin's ADD (host-local, nftables-sets ipMasq) with
+# 2. A bridge port. Our bridge plugin's ADD (host-local, nftables-sets ipMasq) with
 #    100 and then 900 pods on the bridge, alternating pods whose IPv6 is on (the
 #    default) and off: the new interface's IPv6 link-local traffic (MLD reports, router
 #    solicitations) is flooded by the bridge to every port and processed in every pod,
-#    on the same CPUs as the ADD.
+#    on the same CPUs as the ADD. Then our bridge DEL of the last pods, and, for the
+#    kernel's part, `ip link del` of a plain veth attached to the same bridge.
 # Env: OURS_DIR (default: build target/release).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -88,12 +89,14 @@ conf = {"cniVersion": "1.0.0", "name": "growth", "type": "bridge", "bridge": "cn
         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/16"}]],
                  "routes": [{"dst": "0.0.0.0/0"}]}}
 stdin = json.dumps(conf).encode()
-count = 0
+made = 0
+live = []
 
 def add(v6):
-    global count
-    count += 1
-    name = f"g{count}"
+    global made
+    made += 1
+    name = f"g{made}"
+    live.append(name)
     subprocess.run(["ip", "netns", "add", name], check=True)
     if not v6:
         subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
@@ -106,12 +109,31 @@ def add(v6):
                    stdout=subprocess.DEVNULL, check=True)
     return (time.perf_counter() - t) * 1000
 
+def del_pod(name):
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": name, "CNI_NETNS": f"/run/netns/{name}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": ours, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    t = time.perf_counter()
+    subprocess.run([os.path.join(ours, "bridge")], input=stdin, env=env,
+                   stdout=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - t) * 1000
+
+def veth_del(i):
+    """`ip link del` of a fresh veth pair whose one end is a port of the bridge."""
+    a, b = f"gva{i}", f"gvb{i}"
+    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+    subprocess.run(["ip", "link", "set", a, "master", "cni0", "up"], check=True)
+    time.sleep(0.2)
+    t = time.perf_counter()
+    subprocess.run(["ip", "link", "del", a], check=True)
+    return (time.perf_counter() - t) * 1000
+
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-print("| pods on the bridge | bridge ADD, new pod with IPv6 (ms) | with IPv6 off (ms) |")
-print("|---:|---:|---:|")
+print("| pods on the bridge | bridge ADD, new pod with IPv6 (ms) | with IPv6 off (ms) "
+      "| bridge DEL (ms) | `ip link del` of a bridge port (ms) |")
+print("|---:|---:|---:|---:|---:|")
 # A Linux bridge takes at most 1023 ports: stay below with the measured pods.
 for present in (100, 900):
-    while count < present:
+    while len(live) < present:
         add(True)
     on, off = [], []
     for _ in range(reps):
@@ -119,7 +141,13 @@ for present in (100, 900):
         on.append(add(True))
         time.sleep(0.2)
         off.append(add(False))
-    print(f"| {present} | {statistics.median(on):.2f} | {statistics.median(off):.2f} |")
+    dels = []
+    for _ in range(reps):
+        time.sleep(0.2)
+        dels.append(del_pod(live.pop()))
+    links = [veth_del(f"{present}x{i}") for i in range(reps)]
+    print(f"| {present} | {statistics.median(on):.2f} | {statistics.median(off):.2f} "
+          f"| {statistics.median(dels):.2f} | {statistics.median(links):.2f} |")
 PY
 
 run_private() {
