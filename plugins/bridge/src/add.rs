@@ -33,7 +33,7 @@ impl Undo<'_> {
             let _ = sc.teardown();
         }
         if self.masq {
-            let _ = masq::teardown(self.conf, &self.req.ifname, &self.req.container_id);
+            let _ = masq::teardown(self.conf, &self.req.ifname, &self.req.container_id, None);
         }
         if let Some(ipam) = self.ipam {
             let _ = invoke::delegate_del(ipam, self.req);

@@ -86,7 +86,12 @@ fn teardown_firewall(conf: &BridgeConf, req: &Request) -> Result<(), BridgeError
         eprintln!("{e}");
     }
     if conf.is_layer3() && conf.ip_masq {
-        masq::teardown(conf, &req.ifname, &req.container_id)?;
+        let addresses: Option<Vec<_>> = req
+            .prev_result()
+            .ok()
+            .flatten()
+            .map(|prev| prev.ips.iter().map(|ip| ip.address).collect());
+        masq::teardown(conf, &req.ifname, &req.container_id, addresses.as_deref())?;
     }
     Ok(())
 }

@@ -29,8 +29,16 @@ pub fn setup(
 
 /// Removes the container's masquerading from every layout; needs no
 /// addresses, so it works with the netns gone.
-pub fn teardown(conf: &BridgeConf, ifname: &str, container_id: &str) -> Result<(), BridgeError> {
-    nat::teardown_masq(&conf.network, ifname, container_id)?;
+///
+/// `addresses`: the attachment's, from prevResult when the runtime sent it; they only
+/// make the lookup cheaper.
+pub fn teardown(
+    conf: &BridgeConf,
+    ifname: &str,
+    container_id: &str,
+    addresses: Option<&[IpNetwork]>,
+) -> Result<(), BridgeError> {
+    nat::teardown_masq(&conf.network, ifname, container_id, addresses)?;
     Ok(())
 }
 

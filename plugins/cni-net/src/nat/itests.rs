@@ -56,11 +56,13 @@ fn masq_iptables_setup_matches_reference_and_teardown_needs_no_ips() {
         .unwrap();
     assert_eq!(ns.nat_dump(false), after4);
 
-    ns.run(|| teardown_masq("test", "eth0", "1234")).unwrap();
+    ns.run(|| teardown_masq("test", "eth0", "1234", None))
+        .unwrap();
     assert_eq!(ns.nat_dump(false), before4);
     assert_eq!(ns.nat_dump(true), before6);
     // And again: idempotent.
-    ns.run(|| teardown_masq("test", "eth0", "1234")).unwrap();
+    ns.run(|| teardown_masq("test", "eth0", "1234", None))
+        .unwrap();
 }
 
 #[test]
@@ -80,10 +82,12 @@ fn masq_nftables_setup_and_teardown() {
     assert!(ruleset.contains("ip6 saddr 2001:db8:1::2 ip6 daddr != 2001:db8:1::/64 masquerade"));
     assert!(ruleset.contains("goto masq_checks"));
 
-    ns.run(|| teardown_masq("test", "eth0", "1234")).unwrap();
+    ns.run(|| teardown_masq("test", "eth0", "1234", None))
+        .unwrap();
     let ruleset = ns.nft_ruleset();
     assert!(!ruleset.contains(&comment), "{ruleset}");
-    ns.run(|| teardown_masq("test", "eth0", "1234")).unwrap();
+    ns.run(|| teardown_masq("test", "eth0", "1234", None))
+        .unwrap();
 }
 
 #[test]
@@ -449,7 +453,8 @@ fn differential_masq_against_reference_bridge() {
     host.run(|| setup_masq(Backend::Iptables, "test", "eth0", "1234", &ips))
         .unwrap();
     assert_eq!(host.nat_dump(false), reference4);
-    host.run(|| teardown_masq("test", "eth0", "1234")).unwrap();
+    host.run(|| teardown_masq("test", "eth0", "1234", None))
+        .unwrap();
     assert_eq!(host.nat_dump(false), empty4);
     assert_eq!(host.nat_dump(true), empty6);
 
@@ -644,8 +649,10 @@ fn masq_sets_layout_is_elements_under_fixed_rules() {
     let ruleset = ns.nft_ruleset();
     assert!(!ruleset.contains("test 1234 eth0"), "{ruleset}");
     assert!(ruleset.contains("test 5678 eth0"), "{ruleset}");
+    // DEL with the addresses (prevResult) looks the entries up one by one.
     for _ in 0..2 {
-        ns.run(|| teardown_masq("test", "eth0", "5678")).unwrap();
+        ns.run(|| teardown_masq("test", "eth0", "5678", Some(&other)))
+            .unwrap();
     }
     assert!(nft_elements(&ns, "ip", sets::MASQ_TABLE, "pods").is_empty());
     assert!(nft_elements(&ns, "ip", sets::MASQ_TABLE, "local").is_empty());

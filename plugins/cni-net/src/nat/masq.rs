@@ -99,7 +99,15 @@ pub fn setup_masq(
 /// by another version or configuration), without needing its addresses: safe on DEL
 /// with the netns gone and no prevResult. Absent chains/tables are fine; a backend whose
 /// tools are not installed is skipped. Errors are collected, not short-circuited.
-pub fn teardown_masq(network: &str, ifname: &str, container_id: &str) -> Result<(), NatError> {
+///
+/// `addresses` (prevResult's, when the runtime sent it) only speed up the
+/// nftables-sets layout: its entries are then looked up one by one instead of listed.
+pub fn teardown_masq(
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+    addresses: Option<&[IpNetwork]>,
+) -> Result<(), NatError> {
     let _lock = tools::lock()?;
     let mut errors = Vec::new();
     let mut nl = Nftnl::open().ok();
@@ -129,7 +137,7 @@ pub fn teardown_masq(network: &str, ifname: &str, container_id: &str) -> Result<
         errors.push(e.context(|| format!("tear down ipMasq (nftables) for {container_id}")));
     }
     if sets::table_may_exist(sets::MASQ_TABLE)
-        && let Err(e) = sets::masq_teardown(network, ifname, container_id)
+        && let Err(e) = sets::masq_teardown(network, ifname, container_id, addresses)
     {
         errors.push(e.context(|| format!("tear down ipMasq (nftables-sets) for {container_id}")));
     }

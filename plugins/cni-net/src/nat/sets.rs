@@ -511,13 +511,59 @@ fn masq_setup_with(nl: &mut Nftnl, comment: &str, ips: &[IpNetwork]) -> Result<(
 }
 
 /// ipMasq DEL: removes the attachment's elements, wherever the tables exist.
+///
+/// With the attachment's `addresses` its entries are looked up one by one (the cost
+/// does not grow with the pods); without, every entry is listed and ours picked by
+/// comment. Only the addresses of the last ADD are looked up: an attachment is added
+/// once (host-local refuses a second ADD), and GC lists everything anyway.
 pub(crate) fn masq_teardown(
     network: &str,
     ifname: &str,
     container_id: &str,
+    addresses: Option<&[IpNetwork]>,
 ) -> Result<(), NatError> {
     let comment = masq_comment(network, container_id, ifname);
-    sweep(MASQ_TABLE, &MASQ_SETS, |c| c == comment)
+    let Some(addresses) = addresses.filter(|a| !a.is_empty()) else {
+        return sweep(MASQ_TABLE, &MASQ_SETS, |c| c == comment);
+    };
+    with_nl(|nl| {
+        for family in [IpFamily::V4, IpFamily::V6] {
+            if !addresses.iter().any(|a| IpFamily::of(a.ip()) == family)
+                || !nl
+                    .table_exists(family, MASQ_TABLE)
+                    .map_err(kernel("look up", MASQ_TABLE))?
+            {
+                continue;
+            }
+            let probes = masq_elements(family, addresses, &comment);
+            let doomed = owned_among(nl, family, MASQ_TABLE, probes, &comment)?;
+            expire(nl, family, MASQ_TABLE, doomed)?;
+        }
+        Ok(())
+    })
+}
+
+/// Those of `probes` that exist, belong to `comment`'s owner and are not expiring
+/// already, as the kernel holds them.
+fn owned_among(
+    nl: &mut Nftnl,
+    family: IpFamily,
+    table: &'static str,
+    probes: Vec<(&'static str, Element)>,
+    comment: &str,
+) -> Result<Vec<(&'static str, Element)>, NatError> {
+    let mut owned = Vec::new();
+    for (set, probe) in probes {
+        let found = nl
+            .element(family, table, set, &probe)
+            .map_err(kernel("look up", table))?;
+        if let Some(e) =
+            found.filter(|e| e.comment.as_deref() == Some(comment) && e.timeout_ms.is_none())
+        {
+            owned.push((set, e));
+        }
+    }
+    Ok(owned)
 }
 
 /// ipMasq GC: removes this network's elements of attachments not in `valid`.
@@ -620,17 +666,8 @@ pub(crate) fn hostport_unforward(
             {
                 continue;
             }
-            let mut doomed = Vec::new();
-            for (set, probe) in hostport_elements(&config, target, &comment) {
-                let found = nl
-                    .element(family, HOSTPORT_TABLE, set, &probe)
-                    .map_err(kernel("look up", HOSTPORT_TABLE))?;
-                if let Some(e) = found.filter(|e| {
-                    e.comment.as_deref() == Some(comment.as_str()) && e.timeout_ms.is_none()
-                }) {
-                    doomed.push((set, e));
-                }
-            }
+            let probes = hostport_elements(&config, target, &comment);
+            let doomed = owned_among(nl, family, HOSTPORT_TABLE, probes, &comment)?;
             expire(nl, family, HOSTPORT_TABLE, doomed)?;
         }
         Ok(())
