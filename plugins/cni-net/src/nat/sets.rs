@@ -684,12 +684,14 @@ pub(crate) fn hostport_check(
         for &target in targets {
             let family = IpFamily::of(target.ip());
             for (set, wanted) in hostport_elements(config, target, &comment) {
+                // An expiring entry is a DEL's, not this container's mapping.
                 let present = nl
-                    .elements(family, HOSTPORT_TABLE, set)
-                    .map_err(kernel("list", HOSTPORT_TABLE))?
-                    .into_iter()
-                    .any(|e| {
-                        e.key == wanted.key && e.data == wanted.data && e.comment == wanted.comment
+                    .element(family, HOSTPORT_TABLE, set, &wanted)
+                    .map_err(kernel("look up", HOSTPORT_TABLE))?
+                    .is_some_and(|e| {
+                        e.data == wanted.data
+                            && e.comment == wanted.comment
+                            && e.timeout_ms.is_none()
                     });
                 if !present {
                     return Err(NatError::Check(format!(
