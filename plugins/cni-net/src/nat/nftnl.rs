@@ -193,35 +193,20 @@ impl Nftnl {
         table: &str,
         set: &str,
     ) -> io::Result<Vec<Element>> {
-        let seq = self.next_seq();
         let mut attrs = Vec::new();
         push_str_attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, table);
         push_str_attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, set);
-        self.send(&message(
+        let mut out = Vec::new();
+        self.get(
             NFT_MSG_GETSETELEM,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
+            true,
             nfproto(family),
             &attrs,
-        ))?;
-        let mut out = Vec::new();
-        let result = self.replies(seq, false, |payload| {
-            let Some(list) = find(payload, NFTA_SET_ELEM_LIST_ELEMENTS) else {
-                return;
-            };
-            for (kind, elem) in attributes(list) {
-                if kind == NFTA_LIST_ELEM
-                    && let Some(element) = parse_element(elem)
-                {
-                    out.push(element);
-                }
-            }
-        });
-        match result {
-            Ok(()) => Ok(out),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+            |payload| {
+                out.extend(parse_elements(payload));
+            },
+        )?;
+        Ok(out)
     }
 
     /// The element of `table`/`set` with `probe`'s key (and key end), if any. A point
@@ -233,35 +218,24 @@ impl Nftnl {
         set: &str,
         probe: &Element,
     ) -> io::Result<Option<Element>> {
-        let seq = self.next_seq();
-        let mut attrs = Vec::new();
         let key_only = Element {
             key: probe.key.clone(),
             key_end: probe.key_end.clone(),
             ..Element::default()
         };
+        let mut attrs = Vec::new();
         push_element_list(&mut attrs, table, set, &key_only);
-        self.send(&message(
+        let mut found = None;
+        self.get(
             NFT_MSG_GETSETELEM,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
+            false,
             nfproto(family),
             &attrs,
-        ))?;
-        let mut found = None;
-        let result = self.replies(seq, true, |payload| {
-            let list = find(payload, NFTA_SET_ELEM_LIST_ELEMENTS);
-            found = list.and_then(|l| {
-                attributes(l)
-                    .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
-                    .find_map(|(_, elem)| parse_element(elem))
-            });
-        });
-        match result {
-            Ok(()) => Ok(found),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+            |payload| {
+                found = parse_elements(payload).next();
+            },
+        )?;
+        Ok(found)
     }
 
     /// Whether table `name` exists in the `inet` family.
@@ -274,13 +248,28 @@ impl Nftnl {
     /// Whether the object a GET request `msg` names exists: the kernel answers with it,
     /// or with `ENOENT`.
     fn exists(&mut self, msg: u16, proto: u8, attrs: &[u8]) -> io::Result<bool> {
-        let seq = self.next_seq();
-        self.send(&message(msg, NLM_F_REQUEST | NLM_F_ACK, seq, proto, attrs))?;
         let mut found = false;
-        match self.replies(seq, true, |_| found = true) {
-            Ok(()) => Ok(found),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
+        self.get(msg, false, proto, attrs, |_| found = true)?;
+        Ok(found)
+    }
+
+    /// Sends GET request `msg` (a dump, or a single object) and hands each answer's
+    /// payload to `on_msg`. A missing object, table or chain (`ENOENT`) is no error:
+    /// there is simply nothing to hand over.
+    fn get(
+        &mut self,
+        msg: u16,
+        dump: bool,
+        proto: u8,
+        attrs: &[u8],
+        on_msg: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
+        let seq = self.next_seq();
+        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        self.send(&message(msg, flags, seq, proto, attrs))?;
+        match self.replies(seq, !dump, on_msg) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            result => result,
         }
     }
 
@@ -292,29 +281,17 @@ impl Nftnl {
         table: &str,
         chain: &str,
     ) -> io::Result<Vec<KernelRule>> {
-        let seq = self.next_seq();
         let mut attrs = Vec::new();
         push_str_attr(&mut attrs, NFTA_RULE_TABLE, table);
         push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
-        self.send(&message(
-            NFT_MSG_GETRULE,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            nfproto(family),
-            &attrs,
-        ))?;
         let mut out = Vec::new();
-        let result = self.replies(seq, false, |payload| {
+        self.get(NFT_MSG_GETRULE, true, nfproto(family), &attrs, |payload| {
             // Kernels that ignore the dump filter send every rule: keep ours only.
             if let Some(rule) = parse_rule(payload, table, chain) {
                 out.push(rule);
             }
-        });
-        match result {
-            Ok(()) => Ok(out),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
-            Err(e) => Err(e),
-        }
+        })?;
+        Ok(out)
     }
 
     /// One rule by its handle, or `None` when no such rule is in that chain.
@@ -325,27 +302,15 @@ impl Nftnl {
         chain: &str,
         handle: u64,
     ) -> io::Result<Option<KernelRule>> {
-        let seq = self.next_seq();
         let mut attrs = Vec::new();
         push_str_attr(&mut attrs, NFTA_RULE_TABLE, table);
         push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
         push_attr(&mut attrs, NFTA_RULE_HANDLE, &handle.to_be_bytes());
-        self.send(&message(
-            NFT_MSG_GETRULE,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            nfproto(family),
-            &attrs,
-        ))?;
         let mut found = None;
-        let result = self.replies(seq, true, |payload| {
+        self.get(NFT_MSG_GETRULE, false, nfproto(family), &attrs, |payload| {
             found = parse_rule(payload, table, chain).filter(|r| r.handle == handle);
-        });
-        match result {
-            Ok(()) => Ok(found),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
-        }
+        })?;
+        Ok(found)
     }
 
     /// Applies `ops` to `table` in `family` as one transaction: all or nothing.
@@ -732,6 +697,15 @@ fn push_element_list(out: &mut Vec<u8>, table: &str, set: &str, element: &Elemen
             }
         });
     });
+}
+
+/// The elements of one NEWSETELEM payload (a dump part or a GET answer).
+fn parse_elements(payload: &[u8]) -> impl Iterator<Item = Element> + '_ {
+    find(payload, NFTA_SET_ELEM_LIST_ELEMENTS)
+        .into_iter()
+        .flat_map(attributes)
+        .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
+        .filter_map(|(_, elem)| parse_element(elem))
 }
 
 /// Decodes one element of a GETSETELEM reply.
