@@ -179,18 +179,7 @@ pub fn forward_ports_tracked(
     let _lock = tools::lock()?;
     if backend == Backend::NftablesSets {
         // Set elements are found again by their comment: nothing to track.
-        // Without a record of an earlier ADD there is nothing of ours to sweep first.
-        let readd = prior.is_none_or(|p| !p.is_empty());
-        return sets::hostport_forward(config, &targets, readd)
-            .map(|()| Some(Vec::new()))
-            .map_err(|e| {
-                e.context(|| {
-                    format!(
-                        "set up port mappings (nftables-sets) for {}",
-                        config.container_id
-                    )
-                })
-            });
+        return forward_locked(backend, config, &targets, prior).map(|()| Some(Vec::new()));
     }
     // Opened before any rule is written, so that no announcement is missed.
     let monitor = Monitor::open().ok();
@@ -219,7 +208,18 @@ fn forward_locked(
             }
             result
         }
-        Backend::NftablesSets => sets::hostport_forward(config, targets, true),
+        Backend::NftablesSets => {
+            // Without a record of an earlier ADD there is nothing of ours to sweep first.
+            let readd = prior.is_none_or(|p| !p.is_empty());
+            sets::hostport_forward(config, targets, readd).map_err(|e| {
+                e.context(|| {
+                    format!(
+                        "set up port mappings (nftables-sets) for {}",
+                        config.container_id
+                    )
+                })
+            })
+        }
         Backend::Nftables => nftables::portmap::forward(config, targets, prior).map_err(|e| {
             e.context(|| {
                 format!(

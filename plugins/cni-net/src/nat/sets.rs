@@ -526,15 +526,10 @@ pub(crate) fn masq_teardown(
     let Some(addresses) = addresses.filter(|a| !a.is_empty()) else {
         return sweep(MASQ_TABLE, &MASQ_SETS, |c| c == comment);
     };
+    // A family without addresses has no probes; a missing table answers every look-up
+    // with "no such element".
     with_nl(|nl| {
         for family in [IpFamily::V4, IpFamily::V6] {
-            if !addresses.iter().any(|a| IpFamily::of(a.ip()) == family)
-                || !nl
-                    .table_exists(family, MASQ_TABLE)
-                    .map_err(kernel("look up", MASQ_TABLE))?
-            {
-                continue;
-            }
             let probes = masq_elements(family, addresses, &comment);
             let doomed = owned_among(nl, family, MASQ_TABLE, probes, &comment)?;
             expire(nl, family, MASQ_TABLE, doomed)?;
@@ -578,21 +573,17 @@ pub(crate) fn masq_gc(network: &str, valid: &[Attachment<'_>]) -> Result<(), Nat
     })
 }
 
-/// Deletes, in every family whose `table` exists, the elements `owned` accepts.
+/// Removes, in every family, the elements `owned` accepts (a missing table lists none).
 fn sweep(
     table: &'static str,
     sets: &[&'static str],
     owned: impl Fn(&str) -> bool,
 ) -> Result<(), NatError> {
     with_nl(|nl| {
-        for family in [IpFamily::V4, IpFamily::V6] {
-            if !family.enabled()
-                || !nl
-                    .table_exists(family, table)
-                    .map_err(kernel("look up", table))?
-            {
-                continue;
-            }
+        for family in [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .filter(|f| f.enabled())
+        {
             let doomed = owned_elements(nl, family, table, sets, &owned)?;
             expire(nl, family, table, doomed)?;
         }
@@ -658,14 +649,9 @@ pub(crate) fn hostport_unforward(
     // snat on: its entries are a superset of snat off's, and absent ones are skipped.
     let config = PortMapConfig::new(network, container_id, mappings.to_vec());
     with_nl(|nl| {
+        // A missing table answers every look-up with "no such element".
         for &target in targets {
             let family = IpFamily::of(target.ip());
-            if !nl
-                .table_exists(family, HOSTPORT_TABLE)
-                .map_err(kernel("look up", HOSTPORT_TABLE))?
-            {
-                continue;
-            }
             let probes = hostport_elements(&config, target, &comment);
             let doomed = owned_among(nl, family, HOSTPORT_TABLE, probes, &comment)?;
             expire(nl, family, HOSTPORT_TABLE, doomed)?;
