@@ -207,6 +207,13 @@ mod tests {
             Err(std::fs::TryLockError::WouldBlock)
         ));
         drop(first);
+        // Other tests of this process spawn tools: a child forked while `first` was open
+        // shares its open file (and so the lock) until it execs, which closes it. Give
+        // such a child a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while probe.try_lock().is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert!(probe.try_lock().is_ok());
         let _ = fs::remove_file(&path);
     }
