@@ -887,6 +887,261 @@ fn failed_add_leaves_nothing() {
     );
 }
 
+/// Configs whose ADD fails on a node without a bridge, on subnet `10.<net>.0.0/24`,
+/// with (part of) the message the user must see: the IPAM plugin's own where
+/// it is the one that fails. The exhausted range needs `10.<net>.0.2` taken.
+fn failing_adds(node: &Node, net: u8) -> Vec<(&'static str, Value, String)> {
+    let subnet = format!("10.{net}.0.0/24");
+    let ipam = |ipam: Value| {
+        let mut c = node.conf("1.0.0", &[&subnet], json!({"ipMasq": true}));
+        merge(&mut c["ipam"], ipam);
+        c
+    };
+    let ranges = |sets: Value| ipam(json!({ "ranges": sets }));
+    let two_v4_gateways = |extra: Value| {
+        let mut c = node.conf(
+            "1.0.0",
+            &[&subnet, &format!("10.{}.0.0/24", net + 1)],
+            extra,
+        );
+        c["ipMasq"] = json!(true);
+        c
+    };
+    let unreachable = json!([{"dst": "192.168.77.0/24", "gw": "10.99.0.1"}]);
+    let mut all = vec![
+        (
+            "subnet /33",
+            ranges(json!([[{"subnet": format!("10.{net}.0.0/33")}]])),
+            "/33".into(),
+        ),
+        (
+            "subnet not an address",
+            ranges(json!([[{"subnet": "not-an-address/24"}]])),
+            "not-an-address".into(),
+        ),
+        (
+            "host bits set",
+            ranges(json!([[{"subnet": format!("10.{net}.0.7/24")}]])),
+            "has host bits set".into(),
+        ),
+        (
+            "rangeStart outside its subnet",
+            ranges(json!([[{"subnet": subnet, "rangeStart": "10.99.0.9"}]])),
+            "not in network".into(),
+        ),
+        (
+            "overlapping ranges in one set",
+            ranges(json!([[{"subnet": subnet}, {"subnet": format!("10.{net}.0.0/25")}]])),
+            "overlap".into(),
+        ),
+        (
+            "overlapping range sets",
+            ranges(json!([[{"subnet": subnet}], [{"subnet": format!("10.{net}.0.128/25")}]])),
+            "overlaps with".into(),
+        ),
+        (
+            "no IPAM binary",
+            ipam(json!({"type": "no-such-ipam"})),
+            "no-such-ipam".into(),
+        ),
+        (
+            "exhausted range",
+            ranges(json!([[{"subnet": format!("10.{net}.0.0/30")}]])),
+            "no IP addresses available".into(),
+        ),
+        // The rest fail after IPAM succeeded.
+        (
+            "route via an unreachable gateway",
+            ipam(json!({ "routes": unreachable })),
+            "failed to add route".into(),
+        ),
+        (
+            "two IPv4 gateways for one bridge",
+            two_v4_gateways(json!({})),
+            "already has an IP address different from".into(),
+        ),
+    ];
+    if vlan_filtering_supported(node) {
+        all.push((
+            "two IPv4 gateways for one VLAN interface",
+            two_v4_gateways(json!({"vlan": 100})),
+            "already has an IP address different from".into(),
+        ));
+    }
+    all
+}
+
+/// Takes `10.<net>.0.2` for another container, so a /30 there is exhausted.
+fn hold_second_address(node: &Node, net: u8) -> String {
+    let dir = node.data.join("testnet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ip = format!("10.{net}.0.2");
+    std::fs::write(dir.join(&ip), "someone\r\neth0").unwrap();
+    ip
+}
+
+/// What a node shows of the bridge network: links, reservations, rules.
+fn node_state(node: &Node) -> (Vec<String>, Vec<String>, String) {
+    let nat = without_empty_xtables(&node.nat_state());
+    (node.host.link_names(), node.reservations(), nat)
+}
+
+/// The NAT state without the skeleton iptables-nft makes on first use (table `ip
+/// nat` or `ip6 nat` holding only empty built-in chains): the system's own
+/// table, there as soon as anything used iptables, and shared with whatever
+/// else uses it, so a failed ADD leaves it as iptables-legacy leaves its module.
+fn without_empty_xtables(nat: &str) -> String {
+    let mut out = String::new();
+    let mut table: Vec<&str> = Vec::new();
+    for line in nat.lines() {
+        if line.starts_with("table ip nat {") || line.starts_with("table ip6 nat {") {
+            table.push(line);
+            continue;
+        }
+        if table.is_empty() {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        table.push(line);
+        if line == "}" {
+            let has_rules = table.iter().any(|l| {
+                let t = l.trim();
+                !(t.is_empty()
+                    || t == "}"
+                    || t.starts_with("table ")
+                    || t.starts_with("chain ")
+                    || t.starts_with("type "))
+            });
+            if has_rules {
+                for l in &table {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            table.clear();
+        }
+    }
+    out
+}
+
+fn json_of(out: &Outcome) -> Value {
+    out.json.clone().unwrap_or(Value::Null)
+}
+
+#[test]
+fn failed_add_from_cold_leaves_no_bridge() {
+    let node = Node::new();
+    let held = hold_second_address(&node, 44);
+    let before = node_state(&node);
+    for (what, conf, msg) in failing_adds(&node, 44) {
+        let pod = Netns::new("pod");
+        let out = node.call("ADD", &conf, "cold", path(&pod), "eth0");
+        let err = json_of(&out);
+        assert!(!out.success(), "{what}: ADD succeeded");
+        assert!(
+            err["msg"].as_str().unwrap_or("").contains(&msg),
+            "{what}: {err}"
+        );
+        assert_eq!(node_state(&node), before, "{what}: the node changed");
+        assert_eq!(node.reservations(), std::slice::from_ref(&held), "{what}");
+        assert!(pod.link("eth0").is_none(), "{what}: eth0 left in the pod");
+    }
+}
+
+#[test]
+fn failed_add_keeps_a_bridge_it_did_not_make() {
+    let node = Node::new();
+    node.host.ns().ip(["link", "add", "cni0", "type", "bridge"]);
+    let before = node_state(&node);
+    for (what, conf, _) in failing_adds(&node, 44).into_iter().skip(8).take(2) {
+        let pod = Netns::new("pod");
+        assert!(!node.call("ADD", &conf, "c", path(&pod), "eth0").success());
+        assert_eq!(node_state(&node).0, before.0, "{what}");
+    }
+    // A bridge that served a pod stays too, once that pod is gone.
+    let node = Node::new();
+    let good = node.conf("1.0.0", &["10.44.0.0/24"], json!({}));
+    let pod = Netns::new("pod");
+    node.add(&good, "ok", &pod);
+    node.del(&good, "ok", path(&pod));
+    let (what, bad, _) = failing_adds(&node, 44).swap_remove(0);
+    assert!(!node.call("ADD", &bad, "c", path(&pod), "eth0").success());
+    assert!(node.host.link("cni0").is_some(), "{what}: the bridge went");
+}
+
+/// 64 ADDs into a bridge nobody has made yet, every `fail_every`-th (1:
+/// every one) failing early or late: every ADD that succeeds keeps its port,
+/// and the bridge is there exactly when one succeeded.
+fn concurrent_adds_from_cold(fail_every: usize) {
+    const N: usize = 64;
+    let node = Node::new();
+    let good = node.conf("1.0.0", &["10.46.0.0/24"], json!({"ipMasq": true}));
+    hold_second_address(&node, 46);
+    let failing = failing_adds(&node, 46);
+    let late = failing
+        .iter()
+        .position(|(w, _, _)| w.starts_with("route"))
+        .unwrap();
+    let pods: Vec<Netns> = (0..N).map(|i| Netns::new(&format!("p{i}"))).collect();
+    let outcomes: Vec<(bool, Outcome)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let fails = i % fail_every == 0;
+                // Alternate early (IPAM config) and late (after IPAM) failures.
+                let conf = match (fails, i % 2) {
+                    (false, _) => good.clone(),
+                    (true, 0) => failing[late + i / 2 % 2].1.clone(),
+                    (true, _) => failing[i % late].1.clone(),
+                };
+                let node = &node;
+                s.spawn(move || {
+                    let out = node.call("ADD", &conf, &format!("cold{i}"), path(pod), "eth0");
+                    (fails, out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let cni0 = node.host.link("cni0");
+    let mut succeeded = 0;
+    for ((fails, out), pod) in outcomes.iter().zip(&pods) {
+        let json = json_of(out);
+        assert_eq!(out.success(), !fails, "{json}");
+        if !fails {
+            succeeded += 1;
+            let host_end = json["interfaces"][1]["name"].as_str().unwrap();
+            let link = node.host.link(host_end).expect("a successful ADD's veth");
+            assert_eq!(link["master"], "cni0", "{link}");
+            assert!(pod.link("eth0").is_some());
+        } else {
+            assert!(pod.link("eth0").is_none(), "{json}");
+        }
+    }
+    assert_eq!(node.host_veths().len(), succeeded);
+    assert_eq!(node.reservations().len(), succeeded + 1, "one held by hand");
+    assert_eq!(cni0.is_some(), succeeded > 0, "bridge: {cni0:?}");
+    if succeeded == 0 {
+        assert!(
+            !node.host.link_names().iter().any(|n| n.starts_with("cni0")),
+            "{:?}",
+            node.host.link_names()
+        );
+    }
+}
+
+#[test]
+fn concurrent_adds_from_cold_some_failing() {
+    concurrent_adds_from_cold(3);
+}
+
+#[test]
+fn concurrent_adds_from_cold_all_failing() {
+    concurrent_adds_from_cold(1);
+}
+
 // ---------------------------------------------------------------------------
 // Concurrency
 

@@ -1,8 +1,12 @@
 //! ADD, in the reference's order: bridge, veth, spoof check, IPAM, container
-//! addressing, gateway, ipMasq, result. A failure after the veth exists
-//! undoes what this call did (IPAM reservation, spoof-check rules, the veth),
-//! so a failed ADD leaves nothing behind; the bridge and its gateway address
-//! are shared and stay.
+//! addressing, gateway, ipMasq, result. The IPAM plugin runs in its own process
+//! while the bridge and veth are made.
+//!
+//! A failure undoes what this call did (IPAM reservation, spoof-check and
+//! ipMasq rules, the veth), and removes the bridge too when no ADD has
+//! succeeded on it and nothing else is attached (see `bridge.rs`), so a failed
+//! ADD leaves nothing behind. A bridge that has served a pod is shared, and it
+//! stays with its gateway address.
 
 use cni_net::netlink::{Link, MacAddr, Netlink, OperState};
 use cni_net::netns::NetNs;
@@ -28,7 +32,9 @@ struct Undo<'a> {
 }
 
 impl Undo<'_> {
-    fn run(self, ctr_nl: Option<&mut Netlink>) {
+    /// `plumbing` is `None` when ADD failed before its veth was attached (and
+    /// the plumbing step removed the veth itself).
+    fn run(self, plumbing: Option<&mut Plumbing>) {
         if let Some(sc) = self.spoof {
             let _ = sc.teardown();
         }
@@ -38,11 +44,22 @@ impl Undo<'_> {
         if let Some(ipam) = self.ipam {
             let _ = invoke::delegate_del(ipam, self.req);
         }
-        // Deleting one end removes the pair, host end included.
-        if let Some(nl) = ctr_nl
-            && let Ok(Some(link)) = nl.link_by_name(&self.req.ifname)
-        {
-            let _ = nl.delete_link(&link);
+        let host_nl = match plumbing {
+            Some(p) => {
+                // Deleting one end removes the pair, host end included.
+                let _ = p.ctr_nl.delete_link(&p.pair.inner);
+                Some(&mut p.host_nl)
+            }
+            None => None,
+        };
+        // Last, once this call's own port is gone.
+        match host_nl {
+            Some(nl) => bridge::remove_if_unused(nl, self.conf),
+            None => {
+                if let Ok(mut nl) = Netlink::open() {
+                    bridge::remove_if_unused(&mut nl, self.conf);
+                }
+            }
         }
     }
 }
@@ -78,13 +95,17 @@ struct Plumbing {
     pair: veth::Pair,
 }
 
-/// Bridge and veth pair, the part of ADD that does not need IPAM's answer.
+/// Bridge and veth pair, the host end a port of the bridge: the part of ADD
+/// that does not need IPAM's answer. On failure nothing of it is left but
+/// the bridge, which [`Undo::run`] then considers.
 fn plumb(conf: &BridgeConf, ctr_ns: &NetNs, ifname: &str) -> Result<Plumbing, BridgeError> {
     let host_ns =
         NetNs::current().map_err(|e| BridgeError::kernel("failed to open host netns", e))?;
     let mut host_nl =
         Netlink::open().map_err(|e| BridgeError::kernel("failed to open netlink socket", e))?;
-    let br = bridge::ensure(&mut host_nl, conf)?;
+    // Held until our veth is a port, so no failing ADD removes the bridge
+    // from under us meanwhile.
+    let (br, port_lock) = bridge::ensure(&mut host_nl, conf)?;
     let mut ctr_nl = Netlink::open_in(ctr_ns).map_err(|source| BridgeError::Netns {
         path: ctr_ns.path().display().to_string(),
         source,
@@ -97,6 +118,11 @@ fn plumb(conf: &BridgeConf, ctr_ns: &NetNs, ifname: &str) -> Result<Plumbing, Br
         conf.mtu,
         conf.mac.map(|m| MacAddr(m.0)),
     )?;
+    if let Err(e) = veth::attach(&mut host_nl, &pair.host, &br, &port_options(conf)) {
+        let _ = ctr_nl.delete_link(&pair.inner);
+        return Err(e);
+    }
+    drop(port_lock);
     Ok(Plumbing {
         host_nl,
         ctr_nl,
@@ -153,13 +179,20 @@ pub fn add(req: &Request) -> Result<CniResult, BridgeError> {
             return Err(e);
         }
     };
-    let out = finish(req, &conf, &mut p, &ctr_ns, ipam, &mut undo);
-    if out.is_err() {
-        undo.run(Some(&mut p.ctr_nl));
+    match finish(req, &conf, &mut p, &ctr_ns, ipam, &mut undo) {
+        Ok((result, br)) => {
+            bridge::settle(&mut p.host_nl, &br);
+            Ok(result)
+        }
+        Err(e) => {
+            undo.run(Some(&mut p));
+            Err(e)
+        }
     }
-    out
 }
 
+/// Everything after the plumbing, in the reference's order. Returns the
+/// result and the bridge as it is now.
 fn finish<'a>(
     req: &'a Request,
     conf: &'a BridgeConf,
@@ -167,14 +200,7 @@ fn finish<'a>(
     ctr_ns: &NetNs,
     ipam: Option<Result<CniResult, cni_types::Error>>,
     undo: &mut Undo<'a>,
-) -> Result<CniResult, BridgeError> {
-    let Plumbing {
-        host_nl,
-        ctr_nl,
-        br,
-        pair,
-    } = p;
-    veth::attach(host_nl, &pair.host, br, &port_options(conf))?;
+) -> Result<(CniResult, Link), BridgeError> {
     // Subscribed before the container end goes up, so the port's change to
     // "up" cannot slip past between our read and our wait.
     let events = if conf.disable_container_interface {
@@ -182,82 +208,130 @@ fn finish<'a>(
     } else {
         LinkEvents::subscribe().ok()
     };
-
-    let mut result = CniResult {
-        interfaces: vec![
-            iface(br),
-            iface(&pair.host),
-            Interface {
-                sandbox: Some(ctr_ns.path().display().to_string()),
-                ..iface(&pair.inner)
-            },
-        ],
-        ..Default::default()
-    };
-
+    let mut result = interfaces(p, ctr_ns);
     if conf.macspoofchk {
-        let sc = SpoofCheck::new(&req.container_id, &req.ifname);
-        let mac = result.interfaces[2].mac.clone().unwrap_or_default();
-        undo.spoof = Some(sc.clone());
-        sc.setup(&pair.host.name, &mac)?;
+        undo.spoof = Some(spoof_check(req, &p.pair, &result)?);
     }
-
-    if let Some(ipam) = ipam {
-        let ipam_result = ipam.map_err(BridgeError::Ipam)?;
-        if ipam_result.ips.is_empty() {
-            return Err(BridgeError::NoIpConfig);
+    match ipam {
+        Some(ipam) => {
+            let ipam_result = ipam.map_err(BridgeError::Ipam)?;
+            configure_l3(req, conf, p, ctr_ns, ipam_result, &mut result, undo)?;
         }
-        result.ips = ipam_result.ips;
-        result.routes = ipam_result.routes;
-        result.dns = ipam_result.dns;
-
-        let gws = gateway::calc(&mut result, conf);
-        // ipMasq is tool runs in the host; addressing is netlink: overlap them.
-        let ips: Vec<_> = result.ips.iter().map(|ip| ip.address).collect();
-        let (configured, masqed) = std::thread::scope(|s| {
-            let masq = conf
-                .ip_masq
-                .then(|| s.spawn(|| masq::setup(conf, &req.ifname, &req.container_id, &ips)));
-            let configured =
-                container::configure(ctr_nl, ctr_ns, &pair.inner, &result, conf.enable_dad)
-                    .and_then(|()| {
-                        if conf.is_gateway {
-                            set_gateways(host_nl, conf, br, &gws, &mut result)
-                        } else {
-                            Ok(())
-                        }
-                    });
-            let masqed = masq.map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(BridgeError::Config("ipMasq setup panicked".into())))
-            });
-            (configured, masqed)
-        });
-        // The reference tears down nothing of its own on failure; we also
-        // remove half-made masquerading.
-        undo.masq = masqed.is_some();
-        configured?;
-        masqed.transpose()?;
-    } else if !conf.disable_container_interface {
-        ctr_nl
-            .set_link_up(&pair.inner)
-            .map_err(|e| BridgeError::kernel(format!("failed to set {:?} up", req.ifname), e))?;
+        None if !conf.disable_container_interface => {
+            p.ctr_nl.set_link_up(&p.pair.inner).map_err(|e| {
+                BridgeError::kernel(format!("failed to set {:?} up", req.ifname), e)
+            })?;
+        }
+        None => {}
     }
-
-    let host_now = lookup(host_nl, &pair.host.name)?;
-    if !conf.disable_container_interface {
-        wait_port_up(host_nl, host_now.clone(), events)?;
-    }
-    // The host end's MAC can change after creation; report what it is now.
-    result.interfaces[1].mac = host_now.mac.map(|m| m.to_string());
-    // So can the bridge's, when its first port arrives.
-    let br_now = bridge::lookup(host_nl, conf)?;
-    result.interfaces[0].mac = br_now.mac.map(|m| m.to_string());
-
+    let br = refresh_and_wait(conf, p, events, &mut result)?;
     if let Some(dns) = &conf.dns {
         result.dns = dns.clone();
     }
-    Ok(result)
+    Ok((result, br))
+}
+
+/// The result's interfaces: bridge, host end, container end.
+fn interfaces(p: &Plumbing, ctr_ns: &NetNs) -> CniResult {
+    CniResult {
+        interfaces: vec![
+            iface(&p.br),
+            iface(&p.pair.host),
+            Interface {
+                sandbox: Some(ctr_ns.path().display().to_string()),
+                ..iface(&p.pair.inner)
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+/// Drops frames from the host end whose source is not the container's MAC.
+fn spoof_check(
+    req: &Request,
+    pair: &veth::Pair,
+    result: &CniResult,
+) -> Result<SpoofCheck, BridgeError> {
+    let sc = SpoofCheck::new(&req.container_id, &req.ifname);
+    let mac = result.interfaces[2].mac.clone().unwrap_or_default();
+    // Returned only on success: a half-made setup is torn down here.
+    if let Err(e) = sc.setup(&pair.host.name, &mac) {
+        let _ = sc.teardown();
+        return Err(e);
+    }
+    Ok(sc)
+}
+
+/// IPAM's addresses, routes and DNS into the result; the container's
+/// addresses and routes, the gateway addresses on the bridge and ipMasq.
+fn configure_l3<'a>(
+    req: &'a Request,
+    conf: &'a BridgeConf,
+    p: &mut Plumbing,
+    ctr_ns: &NetNs,
+    ipam_result: CniResult,
+    result: &mut CniResult,
+    undo: &mut Undo<'a>,
+) -> Result<(), BridgeError> {
+    if ipam_result.ips.is_empty() {
+        return Err(BridgeError::NoIpConfig);
+    }
+    result.ips = ipam_result.ips;
+    result.routes = ipam_result.routes;
+    result.dns = ipam_result.dns;
+
+    let gws = gateway::calc(result, conf);
+    // ipMasq is tool runs in the host; addressing is netlink: overlap them.
+    let ips: Vec<_> = result.ips.iter().map(|ip| ip.address).collect();
+    let Plumbing {
+        host_nl,
+        ctr_nl,
+        br,
+        pair,
+    } = p;
+    let (configured, masqed) = std::thread::scope(|s| {
+        let masq = conf
+            .ip_masq
+            .then(|| s.spawn(|| masq::setup(conf, &req.ifname, &req.container_id, &ips)));
+        let configured = container::configure(ctr_nl, ctr_ns, &pair.inner, result, conf.enable_dad)
+            .and_then(|()| {
+                if conf.is_gateway {
+                    set_gateways(host_nl, conf, br, &gws, result)
+                } else {
+                    Ok(())
+                }
+            });
+        let masqed = masq.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(BridgeError::Config("ipMasq setup panicked".into())))
+        });
+        (configured, masqed)
+    });
+    // The reference tears down nothing of its own on failure; we also
+    // remove half-made masquerading.
+    undo.masq = masqed.is_some();
+    configured?;
+    masqed.transpose()?;
+    Ok(())
+}
+
+/// Waits for the port to come up, and puts the MACs of the host end and the
+/// bridge as they are now into the result (both can change after creation:
+/// the bridge's when its first port arrives). Returns the bridge.
+fn refresh_and_wait(
+    conf: &BridgeConf,
+    p: &mut Plumbing,
+    events: Option<LinkEvents>,
+    result: &mut CniResult,
+) -> Result<Link, BridgeError> {
+    let host_now = lookup(&mut p.host_nl, &p.pair.host.name)?;
+    if !conf.disable_container_interface {
+        wait_port_up(&mut p.host_nl, host_now.clone(), events)?;
+    }
+    result.interfaces[1].mac = host_now.mac.map(|m| m.to_string());
+    let br_now = bridge::lookup(&mut p.host_nl, conf)?;
+    result.interfaces[0].mac = br_now.mac.map(|m| m.to_string());
+    Ok(br_now)
 }
 
 fn lookup(nl: &mut Netlink, name: &str) -> Result<Link, BridgeError> {

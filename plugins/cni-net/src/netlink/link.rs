@@ -51,6 +51,9 @@ pub struct Link {
     /// The `net/ipv4/conf/<if>/` settings at lookup time; `None` when the
     /// interface has no IPv4 state.
     pub ipv4_conf: Option<Ipv4Conf>,
+    /// `IFLA_IFALIAS`, the free-text description (`ip link set X alias ...`);
+    /// `None` when unset.
+    pub alias: Option<String>,
 }
 
 /// Flags of a bridge port.
@@ -88,6 +91,7 @@ impl Link {
                 LinkAttribute::OperState(s) => link.oper_state = OperState::from(u8::from(s)),
                 LinkAttribute::Link(l) if l != 0 => link.peer_index = Some(l),
                 LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(id),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a),
                 LinkAttribute::LinkInfo(infos) => link.read_link_info(infos),
                 LinkAttribute::AfSpecUnspec(specs) => {
                     link.ipv4_conf = Ipv4Conf::from_af_spec(&specs);
@@ -315,6 +319,16 @@ impl Netlink {
         )
     }
 
+    /// Sets the link's alias (its free-text description); an empty one
+    /// removes it.
+    pub fn set_alias(&mut self, link: &Link, alias: &str) -> Result<()> {
+        self.set_attr(
+            link,
+            LinkAttribute::IfAlias(alias.to_string()),
+            format!("alias {alias:?}"),
+        )
+    }
+
     /// Enslaves `link` to `master` (a bridge), or frees it with `None`.
     pub fn set_master(&mut self, link: &Link, master: Option<&Link>) -> Result<()> {
         let (index, what) = match master {
@@ -373,6 +387,19 @@ pub(crate) mod tests {
         let all = nl.links().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].name, "lo");
+    }
+
+    #[test]
+    fn alias_is_set_read_back_and_removed() {
+        let ns = fresh();
+        let mut nl = Netlink::open_in(&ns).unwrap();
+        let br = nl.create_bridge("br-alias", None, false).unwrap();
+        assert_eq!(br.alias, None);
+        nl.set_alias(&br, "made by a test").unwrap();
+        let got = nl.link_by_index(br.index).unwrap().unwrap();
+        assert_eq!(got.alias.as_deref(), Some("made by a test"));
+        nl.set_alias(&br, "").unwrap();
+        assert_eq!(nl.link_by_index(br.index).unwrap().unwrap().alias, None);
     }
 
     #[test]
