@@ -694,6 +694,69 @@ fn bad_input_is_one_error_and_changes_nothing() {
     assert_eq!(tmp_before, tmp_after);
 }
 
+/// A small tmpfs mounted on a fresh temporary directory, unmounted on drop.
+struct SmallDisk {
+    dir: TempDir,
+}
+
+impl SmallDisk {
+    fn new() -> SmallDisk {
+        let dir = tempdir();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {out:?}");
+        SmallDisk { dir }
+    }
+
+    /// Fills every free block.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.join("filler")).unwrap();
+        let chunk = [0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_add_and_leaves_nothing() {
+    let disk = SmallDisk::new();
+    let c = conf("1.1.0", disk.dir.path(), &["10.1.2.0/24"]);
+    run("ADD", &c, "c1").assert_ok();
+    // Drop the index, so the next call has to rebuild it on the full disk.
+    std::fs::remove_file(net_dir(&disk.dir).join(INDEX)).unwrap();
+    let before = snapshot(&net_dir(&disk.dir));
+    disk.fill();
+    let out = run("ADD", &c, "c2");
+    let err = out.assert_error(999);
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("no space left on device"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&net_dir(&disk.dir)), before, "the ledger changed");
+    run("DEL", &c, "c1").assert_ok();
+    assert!(reservations(&disk.dir).is_empty());
+    let names: Vec<String> = std::fs::read_dir(net_dir(&disk.dir))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+}
+
 #[test]
 fn garbage_in_the_ledger_never_crashes() {
     let data = tempdir();

@@ -32,7 +32,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 pub const INDEX_FILE: &str = ".host-local-index";
-const INDEX_TMP: &str = ".host-local-index.tmp";
+pub const INDEX_TMP: &str = ".host-local-index.tmp";
 const MAGIC: [u8; 8] = *b"HLIDX\0\0\x01";
 const HEADER: u64 = 128;
 const SLOT: usize = 40;
@@ -264,22 +264,33 @@ impl Index {
             }
         }
         let used = slots.iter().filter(|s| s[0] == USED).count() as u32;
+        let mut buf = Vec::with_capacity(HEADER as usize + slots.len() * SLOT);
+        buf.extend_from_slice(&header(cap, used, 0, &Stamp::default()));
+        for s in &slots {
+            buf.extend_from_slice(s);
+        }
         let tmp = dir.join(INDEX_TMP);
-        let mut f = OpenOptions::new()
+        let written = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        let mut buf = Vec::with_capacity(HEADER as usize + slots.len() * SLOT);
-        buf.extend_from_slice(&header(cap, used, 0, &Stamp::default()));
-        for s in &slots {
-            buf.extend_from_slice(s);
-        }
-        f.write_all(&buf)?;
-        std::fs::rename(&tmp, dir.join(INDEX_FILE))?;
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&buf)?;
+                std::fs::rename(&tmp, dir.join(INDEX_FILE))?;
+                Ok(f)
+            });
+        let f = match written {
+            Ok(f) => f,
+            Err(e) => {
+                // A full disk must not leave the temporary behind.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         Ok(Index {
             file: f,
             cap,
@@ -454,6 +465,16 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_failed_build_leaves_no_temporary() {
+        let d = tmpdir();
+        // The index's name is taken by a directory: the rename fails.
+        std::fs::create_dir_all(d.join(INDEX_FILE).join("x")).unwrap();
+        assert!(Index::build(&d, &[]).is_err());
+        assert!(!d.join(INDEX_TMP).exists());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

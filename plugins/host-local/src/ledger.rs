@@ -17,14 +17,14 @@
 //! regular file, and the network name is checked so that no path can leave the directory.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::index::{Hit, INDEX_FILE, Index, Key, Stamp};
+use crate::index::{Hit, INDEX_FILE, INDEX_TMP, Index, Key, Stamp};
 use crate::range::parse_ip;
 
 pub const LOCK_FILE: &str = "lock";
@@ -292,20 +292,92 @@ fn read_small(path: &Path) -> io::Result<Vec<u8>> {
 /// Writes `content` as the whole file. Replacing existing content is done by overwriting
 /// and then cutting to length rather than with O_TRUNC: ext4 flushes a file on close after
 /// a truncate to zero (auto_da_alloc), which made every ADD wait for the disk.
-fn write_file(path: &Path, content: &[u8], exclusive: bool) -> io::Result<()> {
-    let mut opts = OpenOptions::new();
-    opts.write(true)
+fn write_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
-    if exclusive {
-        opts.create_new(true);
-    } else {
-        opts.create(true);
-    }
-    let mut f = opts.open(path)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
     f.write_all(content)?;
-    if !exclusive {
-        f.set_len(content.len() as u64)?;
+    f.set_len(content.len() as u64)?;
+    Ok(())
+}
+
+/// Creates `path` with `content`, failing with `AlreadyExists` when it exists. The file
+/// appears whole or not at all: it is written unnamed (`O_TMPFILE`) and then linked into
+/// place, so a process killed in between leaves nothing, where an empty file would hold
+/// the address with an owner nobody's DEL matches. Filesystems without `O_TMPFILE` get
+/// create-then-write, whose file a failed write removes again.
+fn create_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let unnamed = OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir);
+    let mut f = match unnamed {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            return create_then_write(path, content);
+        }
+        Err(e) => return Err(e),
+    };
+    f.write_all(content)?;
+    match link_into_place(&f, path) {
+        // No /proc to name the unnamed file by.
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOENT) && !Path::new("/proc/self/fd").exists() =>
+        {
+            create_then_write(path, content)
+        }
+        other => other,
+    }
+}
+
+/// `linkat` of an `O_TMPFILE` file through its `/proc/self/fd` name (which, unlike
+/// `AT_EMPTY_PATH`, needs no capability).
+fn link_into_place(f: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let to = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: both are NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn create_then_write(path: &Path, content: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if let Err(e) = f.write_all(content) {
+        // A partial file would block the address forever.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
     }
     Ok(())
 }
@@ -477,19 +549,15 @@ impl Session<'_> {
         check_ifname(ifname)?;
         let path = self.ip_path(ip);
         let content = format!("{}\r\n{}", cid.trim(), ifname);
-        match write_file(&path, content.as_bytes(), true) {
+        match create_file(&path, content.as_bytes()) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => {
-                // A partial file would block the address forever.
-                let _ = std::fs::remove_file(&path);
-                return Err(io_err("open", &path, &e));
-            }
+            Err(e) => return Err(io_err("open", &path, &e)),
         }
         self.changed = true;
         let last = self.last_reserved_path(set);
         let text = ip.to_string().into_bytes();
-        if let Err(e) = write_file(&last, &text, false) {
+        if let Err(e) = write_file(&last, &text) {
             let _ = std::fs::remove_file(&path);
             return Err(io_err("open", &last, &e));
         }
@@ -543,6 +611,7 @@ impl Session<'_> {
     /// Releases everything (cid, ifname) holds; when it holds nothing in the current
     /// format, everything a legacy file gives to `cid`. Returns what was released.
     pub fn release(&mut self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, LedgerError> {
+        self.remove_stale_temporary();
         let h = self.holdings(cid, ifname)?;
         if !h.current.is_empty() {
             let key = Key::attachment(cid.trim(), ifname);
@@ -565,6 +634,7 @@ impl Session<'_> {
         &mut self,
         keep: impl Fn(&Owner) -> bool,
     ) -> Result<Vec<IpAddr>, LedgerError> {
+        self.remove_stale_temporary();
         let mut released = Vec::new();
         let mut errors = Vec::new();
         for r in self.scan()? {
@@ -588,6 +658,13 @@ impl Session<'_> {
         } else {
             Err(LedgerError::Io(errors.join("; ")))
         }
+    }
+
+    /// The index is rebuilt through a temporary file, only ever written under the lock
+    /// we hold: one that exists now is what a call killed mid-rebuild left. DEL and GC
+    /// remove it, so that a node's DELs after a crash leave nothing behind.
+    fn remove_stale_temporary(&self) {
+        let _ = std::fs::remove_file(self.path(INDEX_TMP));
     }
 
     /// Records the directory's final state in the index and releases the lock.
@@ -677,6 +754,43 @@ mod tests {
         assert_eq!(mode(&dir.join("last_reserved_ip.0")), 0o600);
         assert_eq!(mode(&dir.join("lock")), 0o750);
         assert_eq!(std::fs::read(dir.join("lock")).unwrap(), b"");
+    }
+
+    #[test]
+    fn reservations_appear_whole_and_stale_temporaries_go() {
+        let t = tempdir();
+        let p = t.0.join("10.0.0.9");
+        create_file(&p, b"c1\r\neth0").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"c1\r\neth0");
+        assert_eq!(mode(&p), 0o600);
+        let taken = create_file(&p, b"c2\r\neth0").unwrap_err();
+        assert_eq!(taken.kind(), io::ErrorKind::AlreadyExists);
+        // The fallback for filesystems without O_TMPFILE behaves the same.
+        let q = t.0.join("10.0.0.8");
+        create_then_write(&q, b"c1\r\neth0").unwrap();
+        assert_eq!(std::fs::read(&q).unwrap(), b"c1\r\neth0");
+        let taken = create_then_write(&q, b"c2").unwrap_err();
+        assert_eq!(taken.kind(), io::ErrorKind::AlreadyExists);
+        let names: Vec<_> = std::fs::read_dir(&t.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary names: {names:?}");
+
+        // An index rebuild killed midway leaves its temporary: DEL and GC remove it.
+        let l = Ledger::create(&t.0, "n").unwrap();
+        for gc in [false, true] {
+            std::fs::write(l.dir().join(INDEX_TMP), b"").unwrap();
+            let mut s = l.lock(1).unwrap();
+            if gc {
+                s.release_unless(|_| true).unwrap();
+            } else {
+                s.release("c1", "eth0").unwrap();
+            }
+            s.finish();
+            assert!(!l.dir().join(INDEX_TMP).exists(), "gc: {gc}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use cni_net::nat::{IpFamily, PortMapping, Proto, RuleRef};
 
 const ROOT: &str = "/run/cni-rs/portmap";
+const TMP_SUFFIX: &str = ".tmp";
 
 /// The records of one network in the current network namespace.
 #[derive(Debug, Clone)]
@@ -65,9 +66,20 @@ impl Registry {
             rules: rules.map(<[RuleRef]>::to_vec),
         };
         // Written aside and renamed, so a concurrent reader never sees half a record.
-        let tmp = self.dir.join(format!(".{container_id}.tmp"));
-        fs::write(&tmp, record.render())?;
-        fs::rename(&tmp, self.dir.join(container_id))
+        let tmp = self.temporary(container_id);
+        let written = fs::write(&tmp, record.render())
+            .and_then(|()| fs::rename(&tmp, self.dir.join(container_id)));
+        if written.is_err() {
+            // A full disk must not leave the half-written file behind.
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Where [`Registry::record`] writes a record before renaming it into place. A
+    /// process killed in between leaves it: DEL and GC remove it with the record.
+    fn temporary(&self, container_id: &str) -> PathBuf {
+        self.dir.join(format!(".{container_id}{TMP_SUFFIX}"))
     }
 
     /// The record of a container, `None` when there is none.
@@ -80,9 +92,11 @@ impl Registry {
     /// Forgets a container; an absent record is fine. Empty directories go too, so
     /// namespaces that come and go (tests) leave nothing behind.
     pub fn forget(&self, container_id: &str) -> io::Result<()> {
-        match fs::remove_file(self.dir.join(container_id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        for path in [self.dir.join(container_id), self.temporary(container_id)] {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         // Fails harmlessly while other records remain or another call just recorded one.
         if fs::remove_dir(&self.dir).is_ok()
@@ -93,7 +107,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Every recorded container ID of the network.
+    /// Every recorded container ID of the network, including those whose ADD was
+    /// killed while writing its record (their rules may be in place).
     pub fn containers(&self) -> io::Result<Vec<String>> {
         let entries = match fs::read_dir(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -102,11 +117,19 @@ impl Registry {
         let mut out = Vec::new();
         for entry in entries {
             let name = entry?.file_name();
-            if let Some(id) = name.to_str().filter(|n| !n.starts_with('.')) {
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let id = match name.strip_prefix('.') {
+                Some(hidden) => hidden.strip_suffix(TMP_SUFFIX),
+                None => Some(name),
+            };
+            if let Some(id) = id.filter(|id| !id.is_empty()) {
                 out.push(id.to_string());
             }
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 }
@@ -266,6 +289,12 @@ mod tests {
         assert_eq!(a.read("c2").unwrap(), Record::default());
         assert_eq!(b.read("c3").unwrap().rules, Some(vec![]));
         assert!(a.read("nope").is_none());
+        // An ADD killed between writing and renaming its record.
+        std::fs::write(a.dir.join(".c9.tmp"), "tcp 8").unwrap();
+        assert_eq!(a.containers().unwrap(), ["c1", "c2", "c9"]);
+        assert!(a.read("c9").is_none(), "half a record is not read");
+        a.forget("c9").unwrap();
+        assert!(!a.dir.join(".c9.tmp").exists());
         a.forget("c1").unwrap();
         a.forget("c1").unwrap();
         a.forget("c2").unwrap();
@@ -274,5 +303,16 @@ mod tests {
         assert!(base.exists(), "net-b still has a record");
         b.forget("c3").unwrap();
         assert!(!base.exists());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary() {
+        let base = std::env::temp_dir().join(format!("portmap-registry-w-{}", std::process::id()));
+        let r = Registry::at(base.clone(), "net");
+        // The record's name is taken by a directory: the rename fails.
+        std::fs::create_dir_all(r.dir.join("c1").join("x")).unwrap();
+        assert!(r.record("c1", &[], None).is_err());
+        assert!(!r.dir.join(".c1.tmp").exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
