@@ -2,6 +2,7 @@
 //! the same environment and stdin, only `CNI_COMMAND` changed.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command as Process, Stdio};
 
@@ -27,10 +28,36 @@ pub fn find(plugin_type: &str, req: &Request) -> Result<PathBuf, Error> {
     )))
 }
 
+/// Makes the child die (SIGKILL) when the thread that starts it ends, so that a
+/// plugin killed by its runtime (containerd and CRI-O send SIGKILL past their
+/// timeout) takes its delegate and tool processes with it. Otherwise an orphaned
+/// IPAM ADD or `iptables-restore` could finish after the runtime's DEL and leave
+/// its reservation or rules behind for good. The starting thread must wait for
+/// the child, as every caller here does.
+pub fn die_with_parent(cmd: &mut Process) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure only makes async-signal-safe
+    // system calls (prctl, getppid, kill) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: no signal will come.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs the delegate and returns its stdout, or the error it reported.
 pub fn exec(plugin_type: &str, command: Command, req: &Request) -> Result<Vec<u8>, Error> {
     let path = find(plugin_type, req)?;
-    let mut child = Process::new(&path)
+    let mut process = Process::new(&path);
+    die_with_parent(&mut process);
+    let mut child = process
         .env("CNI_COMMAND", command.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -117,6 +144,21 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn children_die_with_the_thread_that_started_them() {
+        use std::os::unix::process::ExitStatusExt;
+        // The thread ends without waiting, as a plugin killed mid-call would.
+        let mut child = std::thread::spawn(|| {
+            let mut cmd = Process::new("sleep");
+            die_with_parent(&mut cmd);
+            cmd.arg("30").spawn().unwrap()
+        })
+        .join()
+        .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
     }
 
     fn script(dir: &std::path::Path, name: &str, body: &str) {

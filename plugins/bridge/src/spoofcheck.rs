@@ -43,7 +43,9 @@ fn nft_path() -> Option<PathBuf> {
 /// Runs `nft args`, feeding `input`; returns stdout.
 fn nft(args: &[&str], input: Option<&str>) -> Result<String, String> {
     let path = nft_path().ok_or_else(|| "nft not found in PATH".to_string())?;
-    let mut child = Command::new(&path)
+    let mut cmd = Command::new(&path);
+    cni_types::invoke::die_with_parent(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()

@@ -81,6 +81,7 @@ fn find_in_path(name: &str, path: &OsStr) -> Option<PathBuf> {
 pub(crate) fn run(tool: Tool, args: &[&str], input: Option<&str>) -> Result<String, NatError> {
     let path = tool.path().ok_or(NatError::ToolMissing(tool.name()))?;
     let mut cmd = Command::new(path);
+    cni_types::invoke::die_with_parent(&mut cmd);
     cmd.args(args)
         .stdin(if input.is_some() {
             Stdio::piped()
