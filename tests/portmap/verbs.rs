@@ -231,6 +231,62 @@ fn bad_input_is_refused_before_touching_the_firewall() {
     assert_eq!(spy.log(), "", "no firewall tool may run on bad input");
 }
 
+/// `CNI_ARGS` as bridge and host-local take it (and the reference's bridge and
+/// host-local): an unknown key is refused with the same words in all three, unless
+/// `IgnoreUnknown` is set. The reference portmap never reads `CNI_ARGS`.
+#[test]
+fn cni_args_are_alike_in_all_three_plugins() {
+    let node = Node::new();
+    let pod = node.pod("args");
+    let spy = SpyTools::new();
+    let data = tempdir();
+    let c = conf("", json!([map(8080, 80, "tcp")]), &pod);
+    let bridge = json!({
+        "cniVersion": "1.0.0", "name": "argsnet", "type": "bridge", "bridge": "cniargs0",
+        "ipam": {"type": "host-local", "subnet": "10.49.0.0/24", "dataDir": data.path()},
+    });
+    let host_local = bridge.clone();
+    let calls = |args: &str| {
+        [
+            ("bridge", bridge.clone()),
+            ("host-local", host_local.clone()),
+            ("portmap", c.clone()),
+        ]
+        .map(|(plugin, conf)| {
+            let out = spy
+                .apply(node.call(plugin, "ADD", &pod, &conf).args(args))
+                .run();
+            (plugin, out)
+        })
+    };
+    for (args, msg) in [
+        ("FOO=bar", r#"ARGS: unknown args ["FOO=bar"]"#),
+        (
+            "IgnoreUnknown=0;K8S_POD_NAME=web",
+            r#"ARGS: unknown args ["K8S_POD_NAME=web"]"#,
+        ),
+        ("FOO", r#"ARGS: invalid pair "FOO""#),
+    ] {
+        for (plugin, out) in calls(args) {
+            assert_eq!(out.assert_error(999)["msg"], msg, "{plugin} {args}");
+        }
+        let out = spy
+            .apply(node.call("portmap", "DEL", &pod, &c).args(args))
+            .run();
+        assert_eq!(out.assert_error(999)["msg"], msg, "portmap DEL {args}");
+    }
+    assert_eq!(spy.log(), "", "no firewall tool may run");
+    assert!(node.host.link("cniargs0").is_none(), "bridge made nothing");
+    // What Kubernetes runtimes send is accepted by portmap (ADD, CHECK, DEL).
+    let k8s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web";
+    for verb in ["ADD", "CHECK", "DEL"] {
+        node.call("portmap", verb, &pod, &c)
+            .args(k8s)
+            .run()
+            .assert_ok();
+    }
+}
+
 /// DEL is a cleanup: a config ADD would refuse still gets a successful DEL (a runtime
 /// would otherwise retry it forever).
 #[test]

@@ -9,6 +9,11 @@ pub enum PortmapError {
     #[error("{}{msg}", if *.prefixed { "failed to parse config: " } else { "" })]
     Config { msg: String, prefixed: bool },
 
+    /// `CNI_ARGS` with keys portmap does not know (it knows none) and no
+    /// `IgnoreUnknown`: worded by cni-types, as for bridge and host-local.
+    #[error("{}", .0.msg)]
+    Args(cni_types::Error),
+
     /// ADD without prevResult: portmap only makes sense after an interface plugin.
     #[error("must be called as chained plugin")]
     NotChained,
@@ -67,6 +72,9 @@ impl PortmapError {
 
 impl From<PortmapError> for Error {
     fn from(e: PortmapError) -> Error {
+        if let PortmapError::Args(inner) = e {
+            return inner;
+        }
         let code = match &e {
             // The reference reports every one of these as 999; a runtime (and a human)
             // learns more from "invalid network config".
@@ -74,6 +82,7 @@ impl From<PortmapError> for Error {
                 code::INVALID_CONFIG
             }
             PortmapError::PrevResult(_) => code::DECODE,
+            PortmapError::Args(inner) => inner.code,
             PortmapError::Nat { .. }
             | PortmapError::Localnet(_)
             | PortmapError::Registry(_)

@@ -46,7 +46,16 @@ fn parse(req: &Request) -> Result<(Config, Option<CniResult>), PortmapError> {
         &req.container_id,
         Backend::detect,
     )?;
+    check_args(req)?;
     Ok((config, prev))
+}
+
+/// `CNI_ARGS` as bridge and host-local take it: keys this plugin does not know (it
+/// knows none) are refused unless `IgnoreUnknown` is set, with their wording. The
+/// reference portmap never reads `CNI_ARGS`; its bridge, which runs first in the same
+/// chain with the same variables, refuses them, so no working chain changes.
+fn check_args(req: &Request) -> Result<(), PortmapError> {
+    req.args.check_known(&[]).map_err(PortmapError::Args)
 }
 
 fn add(req: &Request) -> Result<CniResult, PortmapError> {
@@ -101,6 +110,7 @@ fn del(req: &Request) -> Result<(), PortmapError> {
         &req.container_id,
         Backend::detect,
     );
+    check_args(req)?;
     let recorded = Registry::for_network(&req.conf.name)
         .ok()
         .and_then(|r| r.read(&req.container_id));
