@@ -109,7 +109,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
     use serde_json::json;
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
 
     #[derive(Debug, Default, PartialEq, Deserialize)]
     #[serde(rename_all = "camelCase", default)]
@@ -127,7 +127,7 @@ mod tests {
         #[serde(rename = "portMappings")]
         port_mappings: Vec<Mapping>,
         inner: Option<Mapping>,
-        raw: HashMap<String, i64>,
+        raw: BTreeMap<String, i64>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -183,7 +183,10 @@ mod tests {
     #[test]
     fn map_keys_stay_as_given() {
         let o = outer(json!({"raw": {"Key": 1, "key": 2}}));
-        assert_eq!(o.raw, HashMap::from([("Key".into(), 1), ("key".into(), 2)]));
+        assert_eq!(
+            o.raw,
+            BTreeMap::from([("Key".into(), 1), ("key".into(), 2)])
+        );
     }
 
     #[test]

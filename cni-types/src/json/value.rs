@@ -153,9 +153,11 @@ fn set_last_wins(out: &mut Map<String, Value>, key: String, value: Value) {
 /// then again with every struct key respelled as Go programs and people write
 /// them (`HostPort`, `HOSTPORT`, `hostport`), and fails unless all decode to
 /// the same value. It also fails when `canonical` leaves a field of any struct
-/// it reaches unset, so a field added later cannot go untested. (serde counts
+/// it reaches unset, so a field added later cannot go untested (serde counts
 /// an alias as a field, which no sample can set beside its name: wire structs
-/// use two fields instead, as `NetConf`'s two GC lists do.)
+/// use two fields instead, as `NetConf`'s two GC lists do). Values are
+/// compared by their `Debug` text, so `T` must print deterministically (no
+/// `HashMap` inside).
 pub fn check_key_spellings<T: DeserializeOwned + std::fmt::Debug>(
     canonical: &Value,
 ) -> Result<(), String> {
