@@ -27,6 +27,7 @@
 //! Everything a test creates is owned by a guard whose `Drop` removes it, so a failing
 //! (panicking) test still leaves the machine as it found it.
 
+pub mod arb;
 mod cni;
 mod inspect;
 mod names;
