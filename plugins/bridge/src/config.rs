@@ -667,3 +667,225 @@ mod tests {
         assert!(!parse(json!({"name": "n", "ipam": {}})).unwrap().is_layer3());
     }
 }
+
+/// Arbitrary input gives a config or a CNI error, never a panic; a valid config
+/// written as JSON parses back to itself.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use cni_tests::arb;
+    use proptest::prelude::*;
+    use serde_json::{Map, json};
+
+    const KEYS: &[&str] = &[
+        "cniVersion",
+        "name",
+        "type",
+        "bridge",
+        "isGateway",
+        "isDefaultGateway",
+        "forceAddress",
+        "ipMasq",
+        "ipMasqBackend",
+        "mtu",
+        "hairpinMode",
+        "promiscMode",
+        "vlan",
+        "vlanTrunk",
+        "minID",
+        "maxID",
+        "id",
+        "preserveDefaultVlan",
+        "macspoofchk",
+        "enabledad",
+        "disableContainerInterface",
+        "portIsolation",
+        "ipam",
+        "dns",
+        "nameservers",
+        "domain",
+        "search",
+        "options",
+        "args",
+        "cni",
+        "mac",
+        "runtimeConfig",
+    ];
+
+    fn near_valid() -> impl Strategy<Value = Value> {
+        arb::mutated(
+            json!({"cniVersion": "1.0.0", "name": "net", "type": "bridge",
+                   "ipam": {"type": "host-local"}}),
+            KEYS,
+        )
+    }
+
+    fn cni_args() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("MAC=c2:11:22:33:44:55".to_string()),
+            Just("IgnoreUnknown=1;K8S_POD_NAME=x".to_string()),
+            arb::text(),
+        ]
+    }
+
+    fn assert_cni_error(e: BridgeError) {
+        let e = cni_types::Error::from(e);
+        assert!(!e.msg.is_empty(), "{e:?}");
+    }
+
+    fn words() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::vec("[a-z0-9.]{1,8}", 0..3)
+    }
+
+    /// A valid config, as the plugin holds it once parsed.
+    fn valid() -> impl Strategy<Value = BridgeConf> {
+        let flags = proptest::collection::vec(any::<bool>(), 13);
+        let dns = proptest::option::of(
+            (
+                words(),
+                proptest::option::of("[a-z.]{1,10}"),
+                words(),
+                words(),
+            )
+                .prop_filter("sets something", |(n, d, s, o)| {
+                    !(n.is_empty() && d.is_none() && s.is_empty() && o.is_empty())
+                })
+                .prop_map(|(nameservers, domain, search, options)| Dns {
+                    nameservers,
+                    domain,
+                    search,
+                    options,
+                }),
+        );
+        (
+            proptest::sample::select(cni_types::version::SUPPORTED),
+            "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,15}",
+            "[a-z][a-z0-9]{0,10}",
+            flags,
+            proptest::option::of(prop_oneof![
+                Just(MasqBackend::Iptables),
+                Just(MasqBackend::Nftables),
+                Just(MasqBackend::NftablesSets)
+            ]),
+            proptest::option::of(68u32..65536),
+            proptest::option::of(1u16..=4094),
+            proptest::collection::btree_set(1u16..=4094, 0..4),
+            proptest::option::of(prop_oneof![Just("host-local"), Just("static")]),
+            dns,
+            proptest::option::of(any::<[u8; 6]>()),
+        )
+            .prop_map(
+                |(version, network, bridge, f, backend, mtu, vlan, trunk, ipam, dns, mac)| {
+                    let vlan_trunk: Vec<u16> = trunk.into_iter().collect();
+                    BridgeConf {
+                        cni_version: version.to_string(),
+                        network,
+                        bridge,
+                        is_gateway: f[0] || f[1],
+                        is_default_gateway: f[1],
+                        force_address: f[2],
+                        ip_masq: f[3],
+                        ip_masq_backend: backend,
+                        unknown_backend: None,
+                        mtu,
+                        hairpin_mode: f[4],
+                        promisc_mode: f[5],
+                        vlan,
+                        vlan_filtering: vlan.is_some() || !vlan_trunk.is_empty(),
+                        vlan_trunk,
+                        preserve_default_vlan: f[6],
+                        macspoofchk: f[7],
+                        enable_dad: f[8],
+                        disable_container_interface: f[9],
+                        port_isolation: f[10],
+                        ipam_type: ipam.map(str::to_string),
+                        dns,
+                        mac: mac.map(Mac),
+                    }
+                },
+            )
+    }
+
+    /// The config a runtime would send for `c`.
+    fn to_wire(c: &BridgeConf) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Value| {
+            m.insert(k.to_string(), v);
+        };
+        put("cniVersion", json!(c.cni_version));
+        put("name", json!(c.network));
+        put("type", json!("bridge"));
+        put("bridge", json!(c.bridge));
+        put("isGateway", json!(c.is_gateway));
+        put("isDefaultGateway", json!(c.is_default_gateway));
+        put("forceAddress", json!(c.force_address));
+        put("ipMasq", json!(c.ip_masq));
+        if let Some(b) = c.ip_masq_backend {
+            let name = match b {
+                MasqBackend::Iptables => "iptables",
+                MasqBackend::Nftables => "nftables",
+                MasqBackend::NftablesSets => "nftables-sets",
+            };
+            put("ipMasqBackend", json!(name));
+        }
+        put("mtu", json!(c.mtu.unwrap_or(0)));
+        put("hairpinMode", json!(c.hairpin_mode));
+        put("promiscMode", json!(c.promisc_mode));
+        put("vlan", json!(c.vlan.unwrap_or(0)));
+        if !c.vlan_trunk.is_empty() {
+            let ids: Vec<Value> = c.vlan_trunk.iter().map(|id| json!({"id": id})).collect();
+            put("vlanTrunk", Value::Array(ids));
+        }
+        put("preserveDefaultVlan", json!(c.preserve_default_vlan));
+        put("macspoofchk", json!(c.macspoofchk));
+        put("enabledad", json!(c.enable_dad));
+        put(
+            "disableContainerInterface",
+            json!(c.disable_container_interface),
+        );
+        put("portIsolation", json!(c.port_isolation));
+        if let Some(t) = &c.ipam_type {
+            put("ipam", json!({"type": t}));
+        }
+        if let Some(d) = &c.dns {
+            put("dns", json!(d));
+        }
+        if let Some(mac) = c.mac {
+            put("runtimeConfig", json!({"mac": mac.to_string()}));
+        }
+        Value::Object(m)
+    }
+
+    proptest! {
+        #![proptest_config(arb::cases())]
+
+        #[test]
+        fn any_input_is_a_config_or_an_error(stdin in arb::bytes(KEYS), args in cni_args()) {
+            match BridgeConf::parse(&stdin, &CniArgs::new(args)) {
+                Ok(c) => {
+                    let _ = c.validate_for_add().map_err(assert_cni_error);
+                    let _ = c.vlan_gateway_name();
+                }
+                Err(e) => assert_cni_error(e),
+            }
+        }
+
+        #[test]
+        fn near_valid_input_is_a_config_or_an_error(conf in near_valid(), args in cni_args()) {
+            match BridgeConf::parse(conf.to_string().as_bytes(), &CniArgs::new(args)) {
+                Ok(c) => {
+                    let _ = c.validate_for_add().map_err(assert_cni_error);
+                }
+                Err(e) => assert_cni_error(e),
+            }
+        }
+
+        #[test]
+        fn valid_configs_survive_serialize_and_parse(c in valid()) {
+            let wire = to_wire(&c);
+            let back = BridgeConf::parse(wire.to_string().as_bytes(), &CniArgs::default());
+            prop_assert_eq!(back.expect("valid"), c, "{}", wire);
+        }
+    }
+}

@@ -5,6 +5,8 @@ mod container;
 mod error;
 mod localnet;
 mod plugin;
+#[cfg(test)]
+mod props;
 mod registry;
 
 fn main() {

@@ -315,4 +315,69 @@ mod tests {
         assert!(!r.dir.join(".c1.tmp").exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
+
+    mod props {
+        use super::*;
+        use cni_tests::arb;
+        use proptest::prelude::*;
+
+        fn record() -> impl Strategy<Value = Record> {
+            let mapping = (
+                1u16..,
+                prop_oneof![Just(Proto::Tcp), Just(Proto::Udp), Just(Proto::Sctp)],
+                proptest::option::of(any::<[u8; 16]>().prop_map(IpAddr::from)),
+            )
+                .prop_map(|(port, protocol, host_ip)| PortMapping {
+                    host_port: port,
+                    container_port: port,
+                    protocol,
+                    host_ip,
+                });
+            let rule = (
+                any::<bool>(),
+                "[a-z0-9_]{1,8}",
+                "[A-Za-z0-9_-]{1,28}",
+                any::<u64>(),
+            )
+                .prop_map(|(v6, table, chain, handle)| RuleRef {
+                    family: if v6 { IpFamily::V6 } else { IpFamily::V4 },
+                    table,
+                    chain,
+                    handle,
+                });
+            (
+                proptest::collection::vec(mapping, 0..4),
+                proptest::option::of(proptest::collection::vec(rule, 0..4)),
+            )
+                .prop_map(|(mappings, rules)| Record { mappings, rules })
+        }
+
+        proptest! {
+            #![proptest_config(arb::cases())]
+
+            /// A record on disk may be anything (damaged, from another version).
+            #[test]
+            fn any_record_text_parses(text in prop_oneof![
+                any::<String>(),
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just("tracked".to_string()),
+                        "rule [46x] [a-z]{1,4} [A-Z-]{1,8} [0-9a-z]{1,4}",
+                        "(tcp|udp|sctp|icmp) [0-9]{1,6}( [0-9a-f.:]{1,20})?",
+                        arb::text(),
+                    ],
+                    0..6,
+                )
+                .prop_map(|lines| lines.join("\n")),
+            ]) {
+                let r = Record::parse(&text);
+                prop_assert!(r.mappings.iter().all(|m| m.host_port == m.container_port));
+            }
+
+            #[test]
+            fn records_read_back(r in record()) {
+                prop_assert_eq!(Record::parse(&r.render()), r);
+            }
+        }
+    }
 }
