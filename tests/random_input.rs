@@ -156,10 +156,10 @@ fn confine(stdin: &[u8], data: &Path) -> Vec<u8> {
     let mut ipam = Map::new();
     let keys: Vec<String> = top.keys().cloned().collect();
     for k in keys {
-        if k.eq_ignore_ascii_case("ipam") {
-            if let Some(Value::Object(m)) = top.remove(&k) {
-                ipam = m;
-            }
+        if k.eq_ignore_ascii_case("ipam")
+            && let Some(Value::Object(m)) = top.remove(&k)
+        {
+            ipam = m;
         }
     }
     ipam.retain(|k, _| !k.eq_ignore_ascii_case("datadir"));
