@@ -1070,10 +1070,10 @@ fn failed_add_keeps_a_bridge_it_did_not_make() {
     assert!(node.host.link("cni0").is_some(), "{what}: the bridge went");
 }
 
-/// 64 ADDs into a bridge nobody has made yet, every `fail_every`-th (1:
-/// every one) failing early or late: every ADD that succeeds keeps its port,
-/// and the bridge is there exactly when one succeeded.
-fn concurrent_adds_from_cold(fail_every: usize) {
+/// 64 ADDs into a bridge nobody has made yet, those `fails` picks failing:
+/// every ADD that succeeds keeps its port, and the bridge is there exactly when
+/// one succeeded.
+fn concurrent_adds_from_cold(failure: fn(usize) -> Option<Failure>) {
     const N: usize = 64;
     let node = Node::new();
     let good = node.conf("1.0.0", &["10.46.0.0/24"], json!({"ipMasq": true}));
@@ -1084,17 +1084,24 @@ fn concurrent_adds_from_cold(fail_every: usize) {
         .position(|(w, _, _)| w.starts_with("route"))
         .unwrap();
     let pods: Vec<Netns> = (0..N).map(|i| Netns::new(&format!("p{i}"))).collect();
+    let taken = |i: usize| failure(i) == Some(Failure::Taken);
+    for (i, pod) in pods.iter().enumerate() {
+        if taken(i) {
+            pod.ip([
+                "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+            ]);
+        }
+    }
     let outcomes: Vec<(bool, Outcome)> = std::thread::scope(|s| {
         let handles: Vec<_> = pods
             .iter()
             .enumerate()
             .map(|(i, pod)| {
-                let fails = i % fail_every == 0;
-                // Alternate early (IPAM config) and late (after IPAM) failures.
-                let conf = match (fails, i % 2) {
-                    (false, _) => good.clone(),
-                    (true, 0) => failing[late + i / 2 % 2].1.clone(),
-                    (true, _) => failing[i % late].1.clone(),
+                let fails = failure(i).is_some();
+                let conf = match failure(i) {
+                    None | Some(Failure::Taken) => good.clone(),
+                    Some(Failure::Early) => failing[i % late].1.clone(),
+                    Some(Failure::Late) => failing[late + i / 2 % 2].1.clone(),
                 };
                 let node = &node;
                 s.spawn(move || {
@@ -1107,7 +1114,7 @@ fn concurrent_adds_from_cold(fail_every: usize) {
     });
     let cni0 = node.host.link("cni0");
     let mut succeeded = 0;
-    for ((fails, out), pod) in outcomes.iter().zip(&pods) {
+    for (i, ((fails, out), pod)) in outcomes.iter().zip(&pods).enumerate() {
         let json = json_of(out);
         assert_eq!(out.success(), !fails, "{json}");
         if !fails {
@@ -1117,7 +1124,8 @@ fn concurrent_adds_from_cold(fail_every: usize) {
             assert_eq!(link["master"], "cni0", "{link}");
             assert!(pod.link("eth0").is_some());
         } else {
-            assert!(pod.link("eth0").is_none(), "{json}");
+            let eth0 = pod.link("eth0");
+            assert_eq!(eth0.is_some(), taken(i), "only a taken eth0 stays: {json}");
         }
     }
     assert_eq!(node.host_veths().len(), succeeded);
@@ -1132,14 +1140,38 @@ fn concurrent_adds_from_cold(fail_every: usize) {
     }
 }
 
+/// How an ADD of [`concurrent_adds_from_cold`] fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The pod's eth0 is taken: the veth fails right after the bridge is found or
+    /// made, and the ADD never has a port: the widest window for a racing removal.
+    Taken,
+    /// The IPAM config is bad.
+    Early,
+    /// The route fails after IPAM succeeded.
+    Late,
+}
+
+fn by_turns(i: usize) -> Failure {
+    [Failure::Taken, Failure::Early, Failure::Late][i % 3]
+}
+
 #[test]
 fn concurrent_adds_from_cold_some_failing() {
-    concurrent_adds_from_cold(3);
+    concurrent_adds_from_cold(|i| (i % 2 == 0).then(|| by_turns(i / 2)));
+}
+
+/// A few ADDs succeed among many that fail without ever having a port: each
+/// success must keep its port while the failures keep trying to remove the bridge
+/// none of them made work.
+#[test]
+fn concurrent_adds_from_cold_few_succeeding() {
+    concurrent_adds_from_cold(|i| (i % 16 != 5).then_some(Failure::Taken));
 }
 
 #[test]
 fn concurrent_adds_from_cold_all_failing() {
-    concurrent_adds_from_cold(1);
+    concurrent_adds_from_cold(|i| Some(by_turns(i)));
 }
 
 // ---------------------------------------------------------------------------
