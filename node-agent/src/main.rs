@@ -1,33 +1,12 @@
 //! `cni-rs-node`: the node agent of the cni-rs suite. See README "On a kubeadm cluster"
 //! and the `node-agent` section of the configuration reference.
-//!
-//! Layout, top down: `agent` (the main loop) uses `watch` (Node watch + cache),
-//! `reconcile` (routes: cache vs kernel), `conflist`, `masq`, `forward`, `sysctl`,
-//! `health`; `reconcile` uses `routes` (pure desired state and diff) and `netlink` (the
-//! kernel seam); `node`, `cidr`, `metrics`, `log` and `config` are leaves.
-
-mod agent;
-mod cidr;
-mod cleanup;
-mod config;
-mod conflist;
-mod forward;
-mod health;
-mod log;
-mod masq;
-mod metrics;
-mod netlink;
-mod node;
-mod reconcile;
-mod routes;
-mod sysctl;
-mod watch;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use config::{Cli, Command};
+use cni_rs_node::config::{Cli, Command};
+use cni_rs_node::{agent, cleanup, error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

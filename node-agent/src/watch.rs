@@ -135,6 +135,10 @@ impl NodeCache {
     pub fn len(&self) -> usize {
         self.live.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
 }
 
 /// A watch failure in words a person can act on, plus a stable key for throttling.
