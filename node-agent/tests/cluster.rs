@@ -1,4 +1,4 @@
-//! The node agent in a simulated cluster (see cluster/mod.rs): three node namespaces on
+//! The node agent in a simulated cluster (see sim/mod.rs): three node namespaces on
 //! one L2 underlay, the stand-in API server on it, one `cni-rs-node` per node and two
 //! pods per node added by a CNI runtime with the conflist that node's agent wrote.
 //! Every scenario of issue 11: pod-to-pod across nodes with the pods' own addresses,
@@ -10,15 +10,16 @@
 //! Needs root, iproute2, nftables, iptables, ping, the plugins built (release or debug,
 //! or $CNI_BIN_DIR), the kube-standin binary, and cnitool or jq.
 
-mod cluster;
+mod sim;
+#[allow(dead_code)]
 #[path = "../../tests/e2e/tcp.rs"]
 mod tcp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use cluster::{API, API_V6, Cluster, NODE_MTU, NodeSpec, node_ip, node_ip6, pod_cidr, wait_for};
 use kube_standin::{Control, Failure, Verb};
+use sim::{API, API_V6, Cluster, NODE_MTU, NodeSpec, node_ip, node_ip6, pod_cidr, wait_for};
 
 const SECOND: Duration = Duration::from_secs(1);
 /// Deadline for "within about a second" repairs: generous, so a loaded CI machine
@@ -49,12 +50,25 @@ fn pods_on_every_node_reach_each_other_with_their_own_addresses() {
         let bridge = &conf["plugins"][0];
         assert_eq!(bridge["ipMasq"], false);
         assert_eq!(bridge["mtu"], NODE_MTU);
-        assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], n.spec.cidrs[0].as_str());
-        assert_eq!(bridge["ipam"]["ranges"][1][0]["subnet"], n.spec.cidrs[1].as_str());
+        assert_eq!(
+            bridge["ipam"]["ranges"][0][0]["subnet"],
+            n.spec.cidrs[0].as_str()
+        );
+        assert_eq!(
+            bridge["ipam"]["ranges"][1][0]["subnet"],
+            n.spec.cidrs[1].as_str()
+        );
         assert_eq!(bridge["ipam"]["routes"].as_array().unwrap().len(), 2);
         assert_eq!(conf["plugins"][1]["type"], "portmap");
-        let names: Vec<String> = std::fs::read_dir(n.conf.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, ["10-cni-rs.conflist"], "nothing else in the conf dir");
+        let names: Vec<String> = std::fs::read_dir(n.conf.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["10-cni-rs.conflist"],
+            "nothing else in the conf dir"
+        );
     }
     // Every pod pings every other pod, both families.
     let pods = c.pods();
@@ -64,7 +78,10 @@ fn pods_on_every_node_reach_each_other_with_their_own_addresses() {
                 continue;
             }
             for ip in [to.v4(), to.v6()] {
-                assert!(from.ns.ping(&ip.to_string()), "ping {ip} ({to_node}) from {from_node}");
+                assert!(
+                    from.ns.ping(&ip.to_string()),
+                    "ping {ip} ({to_node}) from {from_node}"
+                );
             }
         }
     }
@@ -72,9 +89,17 @@ fn pods_on_every_node_reach_each_other_with_their_own_addresses() {
     let (_, server_pod) = pods.iter().find(|(n, _)| *n == "n2").unwrap();
     let server = tcp::Server::start(server_pod.ns.path(), 8000, "pod");
     for (node, client) in pods.iter().filter(|(n, _)| *n != "n2") {
-        for (dst, src) in [(server_pod.v4(), client.v4()), (server_pod.v6(), client.v6())] {
-            let answer = tcp::request(client.ns.path(), sock(dst, 8000)).unwrap_or_else(|e| panic!("{node}: {e}"));
-            assert_eq!(answer.trim(), format!("pod {src}"), "the source address is preserved ({node})");
+        for (dst, src) in [
+            (server_pod.v4(), client.v4()),
+            (server_pod.v6(), client.v6()),
+        ] {
+            let answer = tcp::request(client.ns.path(), sock(dst, 8000))
+                .unwrap_or_else(|e| panic!("{node}: {e}"));
+            assert_eq!(
+                answer.trim(),
+                format!("pod {src}"),
+                "the source address is preserved ({node})"
+            );
         }
     }
     drop(server);
@@ -82,15 +107,26 @@ fn pods_on_every_node_reach_each_other_with_their_own_addresses() {
     let outside = tcp::Server::start(c.lan.path(), 9000, "outside");
     for (node, pod) in &pods {
         let i: u8 = node[1..].parse().unwrap();
-        for (dst, seen) in [(API.parse().unwrap(), node_ip(i)), (API_V6.parse().unwrap(), node_ip6(i))] {
-            let answer = tcp::request(pod.ns.path(), sock(dst, 9000)).unwrap_or_else(|e| panic!("{node}: {e}"));
-            assert_eq!(answer.trim(), format!("outside {seen}"), "masqueraded to the node's address ({node})");
+        for (dst, seen) in [
+            (API.parse().unwrap(), node_ip(i)),
+            (API_V6.parse().unwrap(), node_ip6(i)),
+        ] {
+            let answer = tcp::request(pod.ns.path(), sock(dst, 9000))
+                .unwrap_or_else(|e| panic!("{node}: {e}"));
+            assert_eq!(
+                answer.trim(),
+                format!("outside {seen}"),
+                "masqueraded to the node's address ({node})"
+            );
         }
     }
     drop(outside);
     // The agents asked for nothing but get, list and watch on nodes (the ClusterRole).
     for r in c.control().requests().unwrap() {
-        assert!(matches!(r.verb, None | Some(Verb::Get | Verb::List | Verb::Watch)), "{r:?}");
+        assert!(
+            matches!(r.verb, None | Some(Verb::Get | Verb::List | Verb::Watch)),
+            "{r:?}"
+        );
         if r.verb.is_some() {
             assert!(r.path.starts_with("/api/v1/nodes"), "{r:?}");
         }
@@ -115,7 +151,8 @@ fn routes_follow_nodes_deleted_renumbered_and_added() {
     {
         let n2 = c.node("n2");
         n2.ns.ip(["addr", "add", "10.210.0.12/24", "dev", "eth0"]);
-        n2.ns.ip(["addr", "add", "fd00:210::12/64", "dev", "eth0", "nodad"]);
+        n2.ns
+            .ip(["addr", "add", "fd00:210::12/64", "dev", "eth0", "nodad"]);
         n2.ns.ip(["addr", "del", "10.210.0.2/24", "dev", "eth0"]);
         n2.ns.ip(["addr", "del", "fd00:210::2/64", "dev", "eth0"]);
     }
@@ -124,18 +161,28 @@ fn routes_follow_nodes_deleted_renumbered_and_added() {
     c.node("n2").spec = spec;
     assert!(c.converged(), "routes via n2's new address");
     let n1 = c.node("n1");
-    assert!(wait_for(REPAIR, || n1.metric("route_replaces_total") == Some(2.0)), "replaced in place, not deleted and re-added");
+    assert!(
+        wait_for(REPAIR, || n1.metric("route_replaces_total") == Some(2.0)),
+        "replaced in place, not deleted and re-added"
+    );
     // Added: n4 joins, gets its conflist and pods, and is reachable from n1's pod.
     c.add_node(NodeSpec::dual(4));
     c.start_agent("n4");
     let n4 = c.node("n4");
-    assert!(wait_for(Duration::from_secs(20), || n4.ready()), "n4 ready:\n{}", n4.log());
+    assert!(
+        wait_for(Duration::from_secs(20), || n4.ready()),
+        "n4 ready:\n{}",
+        n4.log()
+    );
     assert!(c.converged(), "everyone routes to n4");
     c.add_pods("n4", 1);
     let target = c.node("n4").pods[0].v4().to_string();
     let target6 = c.node("n4").pods[0].v6().to_string();
     let n1 = c.node("n1");
-    assert!(n1.pods[0].ns.ping(&target) && n1.pods[0].ns.ping(&target6), "n1's pod reaches n4's");
+    assert!(
+        n1.pods[0].ns.ping(&target) && n1.pods[0].ns.ping(&target6),
+        "n1's pod reaches n4's"
+    );
 }
 
 #[test]
@@ -154,11 +201,22 @@ fn a_restart_removes_stale_routes_and_adds_no_duplicates() {
     c.control().delete("n2").unwrap();
     c.nodes.remove(1);
     c.start_agent("n1");
-    assert!(c.converged(), "the stale route to n2's pod CIDRs is gone after the restart");
+    assert!(
+        c.converged(),
+        "the stale route to n2's pod CIDRs is gone after the restart"
+    );
     let n1 = c.node("n1");
     assert!(wait_for(REPAIR, || n1.ready()));
-    assert_eq!(n1.metric("route_deletes_total"), Some(2.0), "only n2's two routes deleted");
-    assert_eq!(n1.metric("route_adds_total"), Some(0.0), "n3's routes kept, not re-added");
+    assert_eq!(
+        n1.metric("route_deletes_total"),
+        Some(2.0),
+        "only n2's two routes deleted"
+    );
+    assert_eq!(
+        n1.metric("route_adds_total"),
+        Some(0.0),
+        "n3's routes kept, not re-added"
+    );
     assert_eq!(n1.metric("route_replaces_total"), Some(0.0));
     // Two more restarts: still exactly one route per destination, nothing churned.
     for _ in 0..2 {
@@ -184,10 +242,10 @@ fn hand_deleted_routes_and_link_flaps_are_repaired_and_foreign_routes_left_alone
     // Before the agent: a route to another destination, and one to n3's pod CIDR as the
     // old README told people to add (proto boot).
     let n1 = c.node("n1");
-    n1.ns.ip(["route", "add", "192.168.77.0/24", "via", &node_ip(3)]);
+    n1.ns
+        .ip(["route", "add", "192.168.77.0/24", "via", &node_ip(3)]);
     n1.ns.ip(["route", "add", &pod_cidr(3), "via", &node_ip(3)]);
     c.start_all();
-    let n1 = c.node("n1");
     let want_n1 = |c: &Cluster| {
         let mut w = c.expected_routes("n1");
         w.retain(|r| !r.starts_with(&pod_cidr(3)));
@@ -195,25 +253,57 @@ fn hand_deleted_routes_and_link_flaps_are_repaired_and_foreign_routes_left_alone
     };
     let want = want_n1(&c);
     let n1 = c.nodes.iter().find(|n| n.spec.name == "n1").unwrap();
-    assert!(wait_for(REPAIR, || n1.routes() == want), "{:?}", n1.routes());
-    assert!(n1.routes_to(&pod_cidr(3)).contains("via 10.210.0.3 dev eth0"), "foreign route kept");
+    assert!(
+        wait_for(REPAIR, || n1.routes() == want),
+        "{:?}",
+        n1.routes()
+    );
+    assert!(
+        n1.routes_to(&pod_cidr(3))
+            .contains("via 10.210.0.3 dev eth0"),
+        "foreign route kept"
+    );
     assert!(!n1.routes_to(&pod_cidr(3)).contains("proto 61"));
-    assert!(n1.ns.ip(["route", "show", "192.168.77.0/24"]).contains("via 10.210.0.3"));
+    assert!(
+        n1.ns
+            .ip(["route", "show", "192.168.77.0/24"])
+            .contains("via 10.210.0.3")
+    );
     assert_eq!(n1.metric("route_conflicts"), Some(1.0));
-    assert!(n1.log().contains("is not ours") && n1.log().contains("--adopt-routes"), "conflict reported:\n{}", n1.log());
+    assert!(
+        n1.log().contains("is not ours") && n1.log().contains("--adopt-routes"),
+        "conflict reported:\n{}",
+        n1.log()
+    );
     // A route of ours deleted by hand comes back.
     n1.ns.ip(["route", "del", &pod_cidr(2), "proto", "61"]);
-    assert!(wait_for(REPAIR, || n1.routes() == want), "hand-deleted route restored: {:?}", n1.routes());
-    n1.ns.ip(["-6", "route", "del", &cluster::pod_cidr6(2), "proto", "61"]);
-    assert!(wait_for(REPAIR, || n1.routes() == want), "hand-deleted IPv6 route restored");
+    assert!(
+        wait_for(REPAIR, || n1.routes() == want),
+        "hand-deleted route restored: {:?}",
+        n1.routes()
+    );
+    n1.ns
+        .ip(["-6", "route", "del", &sim::pod_cidr6(2), "proto", "61"]);
+    assert!(
+        wait_for(REPAIR, || n1.routes() == want),
+        "hand-deleted IPv6 route restored"
+    );
     // A link flap flushes every route via eth0 (the foreign ones too); ours come back,
     // and n3's pod CIDR, free now, gets our route.
     n1.ns.ip(["link", "set", "eth0", "down"]);
     n1.ns.ip(["link", "set", "eth0", "up"]);
     let all = c.expected_routes("n1");
     let n1 = c.node("n1");
-    assert!(wait_for(REPAIR, || n1.routes() == all), "restored after the flap: {:?}", n1.routes());
-    assert!(n1.log().contains("resolved:"), "the conflict is reported gone:\n{}", n1.log());
+    assert!(
+        wait_for(REPAIR, || n1.routes() == all),
+        "restored after the flap: {:?}",
+        n1.routes()
+    );
+    assert!(
+        n1.log().contains("resolved:"),
+        "the conflict is reported gone:\n{}",
+        n1.log()
+    );
     // Adopting: n2's agent restarted with --adopt-routes takes a hand-made route over.
     c.node("n2").agent().terminate();
     let n2 = c.node("n2");
@@ -223,14 +313,19 @@ fn hand_deleted_routes_and_link_flaps_are_repaired_and_foreign_routes_left_alone
     c.start_agent("n2");
     assert!(c.converged(), "adopted");
     let n2 = c.node("n2");
-    assert!(n2.routes_to(&pod_cidr(3)).contains("proto 61"), "{}", n2.routes_to(&pod_cidr(3)));
+    assert!(
+        n2.routes_to(&pod_cidr(3)).contains("proto 61"),
+        "{}",
+        n2.routes_to(&pod_cidr(3))
+    );
     assert_eq!(n2.routes_to(&pod_cidr(3)).lines().count(), 1);
 }
 
 #[test]
 fn api_failures_leave_everything_in_place_and_the_agent_recovers() {
     let mut c = three_nodes();
-    let snapshot = |c: &mut Cluster| -> Vec<Vec<String>> { c.nodes.iter().map(|n| n.routes()).collect() };
+    let snapshot =
+        |c: &mut Cluster| -> Vec<Vec<String>> { c.nodes.iter().map(|n| n.routes()).collect() };
     let before = snapshot(&mut c);
     let n1_adds = c.node("n1").metric("route_adds_total");
 
@@ -238,39 +333,76 @@ fn api_failures_leave_everything_in_place_and_the_agent_recovers() {
     let relists = c.node("n1").metric("watch_relists_total").unwrap();
     c.control().expire().unwrap();
     let n1 = c.node("n1");
-    assert!(wait_for(REPAIR * 2, || n1.metric("watch_relists_total") > Some(relists)), "re-listed after 410:\n{}", n1.log());
+    assert!(
+        wait_for(REPAIR * 2, || n1.metric("watch_relists_total")
+            > Some(relists)),
+        "re-listed after 410:\n{}",
+        n1.log()
+    );
     assert_eq!(snapshot(&mut c), before);
-    assert_eq!(c.node("n1").metric("route_adds_total"), n1_adds, "no route churn");
+    assert_eq!(
+        c.node("n1").metric("route_adds_total"),
+        n1_adds,
+        "no route churn"
+    );
 
     // Every failure: the agents keep what they have (routes, rules, conflist, readiness)
     // while a change they cannot see is made, and apply it once the server is back.
     let mut before = before;
     let mut alt = 33;
-    for failure in [Failure::Down, Failure::InternalError, Failure::WatchGone, Failure::forbidden_all(), Failure::HangUp] {
+    for failure in [
+        Failure::Down,
+        Failure::InternalError,
+        Failure::WatchGone,
+        Failure::forbidden_all(),
+        Failure::HangUp,
+    ] {
         let what = format!("{failure:?}");
         c.control().inject(failure).unwrap();
         c.control().expire().unwrap(); // ends the open watches, so every agent meets the failure
         let mut spec = c.node("n3").spec.clone();
-        spec.cidrs = vec![pod_cidr(alt), cluster::pod_cidr6(alt)];
+        spec.cidrs = vec![pod_cidr(alt), sim::pod_cidr6(alt)];
         c.control().upsert(&spec.node()).unwrap();
         std::thread::sleep(2 * SECOND);
         for n in &mut c.nodes {
-            assert!(n.agent().running(), "{what}: agent of {} still running:\n{}", n.spec.name, n.log());
+            assert!(
+                n.agent().running(),
+                "{what}: agent of {} still running:\n{}",
+                n.spec.name,
+                n.log()
+            );
         }
-        assert_eq!(snapshot(&mut c), before, "{what}: routes kept (fail static)");
+        assert_eq!(
+            snapshot(&mut c),
+            before,
+            "{what}: routes kept (fail static)"
+        );
         for n in &c.nodes {
             assert!(n.conflist().is_some(), "{what}: conflist kept");
-            assert!(n.ready(), "{what}: still ready (it keeps serving what it had):\n{}", n.http("/readyz").1);
+            assert!(
+                n.ready(),
+                "{what}: still ready (it keeps serving what it had):\n{}",
+                n.http("/readyz").1
+            );
         }
         c.control().clear_failures().unwrap();
         c.node("n3").spec = spec;
-        assert!(c.converged(), "{what}: recovered, the change made meanwhile applied");
+        assert!(
+            c.converged(),
+            "{what}: recovered, the change made meanwhile applied"
+        );
         before = snapshot(&mut c);
         alt = if alt == 33 { 3 } else { 33 };
     }
     let log = c.node("n1").log();
-    assert!(log.contains("get, list and watch on nodes"), "the RBAC hint:\n{log}");
-    assert!(log.contains("keeping routes, rules and the conflist"), "{log}");
+    assert!(
+        log.contains("get, list and watch on nodes"),
+        "the RBAC hint:\n{log}"
+    );
+    assert!(
+        log.contains("keeping routes, rules and the conflist"),
+        "{log}"
+    );
     assert!(log.contains("the API server is back"), "{log}");
 }
 
@@ -280,24 +412,47 @@ fn a_node_without_pod_cidrs_gets_no_conflist_and_a_hint() {
     c.start_agent("n1");
     c.start_agent("n2");
     let n1 = c.node("n1");
-    assert!(wait_for(Duration::from_secs(20), || n1.log().contains("has no spec.podCIDRs")), "{}", n1.log());
+    assert!(
+        wait_for(Duration::from_secs(20), || n1
+            .log()
+            .contains("has no spec.podCIDRs")),
+        "{}",
+        n1.log()
+    );
     let log = n1.log();
-    assert!(log.contains("kubeadm init --pod-network-cidr") && log.contains("--allocate-node-cidrs"), "{log}");
+    assert!(
+        log.contains("kubeadm init --pod-network-cidr") && log.contains("--allocate-node-cidrs"),
+        "{log}"
+    );
     let (code, body) = n1.http("/readyz");
     assert_eq!(code, 503);
     assert!(body.contains("no spec.podCIDRs"), "{body}");
-    assert!(n1.conflist().is_none() && std::fs::read_dir(n1.conf.path()).unwrap().next().is_none(), "no conflist, no other file");
+    assert!(
+        n1.conflist().is_none() && std::fs::read_dir(n1.conf.path()).unwrap().next().is_none(),
+        "no conflist, no other file"
+    );
     // Routes to the other nodes are there anyway.
-    let want = vec![format!("{} via {}", pod_cidr(2), node_ip(2)), format!("{} via {}", cluster::pod_cidr6(2), node_ip6(2))];
+    let want = vec![
+        format!("{} via {}", pod_cidr(2), node_ip(2)),
+        format!("{} via {}", sim::pod_cidr6(2), node_ip6(2)),
+    ];
     let mut want = want;
     want.sort();
-    assert!(wait_for(REPAIR, || n1.routes() == want), "{:?}", n1.routes());
+    assert!(
+        wait_for(REPAIR, || n1.routes() == want),
+        "{:?}",
+        n1.routes()
+    );
     // The controller assigns CIDRs: conflist, ready.
     let spec = NodeSpec::dual(1);
     c.control().upsert(&spec.node()).unwrap();
     c.node("n1").spec = spec;
     let n1 = c.node("n1");
-    assert!(wait_for(REPAIR, || n1.conflist().is_some() && n1.ready()), "{}", n1.log());
+    assert!(
+        wait_for(REPAIR, || n1.conflist().is_some() && n1.ready()),
+        "{}",
+        n1.log()
+    );
     assert!(c.converged());
 }
 
@@ -310,7 +465,7 @@ fn ipv6_first_clusters_give_pods_an_ipv6_primary_address() {
     c.add_pods("n2", 1);
     let conf = c.node("n1").conflist().unwrap();
     let ipam = &conf["plugins"][0]["ipam"];
-    assert_eq!(ipam["ranges"][0][0]["subnet"], cluster::pod_cidr6(1).as_str());
+    assert_eq!(ipam["ranges"][0][0]["subnet"], sim::pod_cidr6(1).as_str());
     assert_eq!(ipam["routes"][0]["dst"], "::/0");
     let p1 = &c.node("n1").pods[0];
     assert!(p1.ips[0].is_ipv6(), "primary address IPv6: {:?}", p1.ips);

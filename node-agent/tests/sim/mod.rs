@@ -26,7 +26,8 @@ pub const PROTO: &str = "61";
 /// The uplink MTU of every node: the conflist must carry it.
 pub const NODE_MTU: u32 = 1400;
 const HEALTH: &str = "127.0.0.1:9650";
-const K8S_ARGS: &str = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=x";
+const K8S_ARGS: &str =
+    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=x";
 
 /// Node `i`'s address on the underlay.
 pub fn node_ip(i: u8) -> String {
@@ -159,10 +160,18 @@ pub struct Pod {
 
 impl Pod {
     pub fn v4(&self) -> IpAddr {
-        *self.ips.iter().find(|i| i.is_ipv4()).expect("an IPv4 address")
+        *self
+            .ips
+            .iter()
+            .find(|i| i.is_ipv4())
+            .expect("an IPv4 address")
     }
     pub fn v6(&self) -> IpAddr {
-        *self.ips.iter().find(|i| i.is_ipv6()).expect("an IPv6 address")
+        *self
+            .ips
+            .iter()
+            .find(|i| i.is_ipv6())
+            .expect("an IPv6 address")
     }
 }
 
@@ -227,13 +236,21 @@ impl SimNode {
         let path = path.to_owned();
         in_netns(self.ns.path(), move || {
             let addr: SocketAddr = HEALTH.parse().unwrap();
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                .map_err(|e| e.to_string())?;
             c.set_read_timeout(Some(Duration::from_secs(5))).ok();
             write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
             let mut s = String::new();
             c.read_to_string(&mut s).map_err(|e| e.to_string())?;
-            let code = s.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-            let body = s.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
+            let code = s
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = s
+                .split_once("\r\n\r\n")
+                .map(|x| x.1.to_owned())
+                .unwrap_or_default();
             Ok((code, body))
         })
         .unwrap_or((0, String::new()))
@@ -247,12 +264,16 @@ impl SimNode {
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.http("/metrics");
         let want = format!("cni_rs_node_{name} ");
-        body.lines().find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
+        body.lines()
+            .find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
     }
 }
 
 /// Runs `f` on a thread that entered the namespace at `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+pub fn in_netns<T: Send + 'static>(
+    ns: &Path,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     let file = File::open(ns).map_err(|e| e.to_string())?;
     std::thread::spawn(move || {
         // SAFETY: setns on a descriptor we own; it affects only this new thread.
@@ -295,7 +316,14 @@ impl Cluster {
         lan.lo_up();
         lan.ip(["link", "add", "lan0", "type", "bridge"]);
         lan.ip(["addr", "add", &format!("{API}/24"), "dev", "lan0"]);
-        lan.ip(["addr", "add", &format!("{API_V6}/64"), "dev", "lan0", "nodad"]);
+        lan.ip([
+            "addr",
+            "add",
+            &format!("{API_V6}/64"),
+            "dev",
+            "lan0",
+            "nodad",
+        ]);
         lan.ip(["link", "set", "lan0", "up"]);
         let sock = dir.join("standin.sock");
         let mut cmd = Command::new("ip");
@@ -303,8 +331,13 @@ impl Cluster {
             .arg(standin_binary())
             .args(["--listen", &format!("{API}:{API_PORT}"), "--control-socket"])
             .arg(&sock);
-        let api = StandinProcess::spawn(cmd, Some(&sock)).expect("start kube-standin in the underlay");
-        std::fs::write(dir.join("kubeconfig"), kube_standin::kubeconfig(&format!("http://{API}:{API_PORT}"))).unwrap();
+        let api =
+            StandinProcess::spawn(cmd, Some(&sock)).expect("start kube-standin in the underlay");
+        std::fs::write(
+            dir.join("kubeconfig"),
+            kube_standin::kubeconfig(&format!("http://{API}:{API_PORT}")),
+        )
+        .unwrap();
         let runtime = match cni_tests::cnitool() {
             Some(p) => Runtime::Cnitool(p),
             None => {
@@ -312,7 +345,13 @@ impl Cluster {
                 Runtime::Script
             }
         };
-        let mut c = Cluster { nodes: Vec::new(), api, lan, dir, runtime };
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            api,
+            lan,
+            dir,
+            runtime,
+        };
         for s in specs {
             c.add_node(s.clone());
         }
@@ -328,12 +367,34 @@ impl Cluster {
         let ns = Netns::new(&spec.name);
         ns.lo_up();
         let port = format!("lan{}", spec.index);
-        ns.ip(["link", "add", "eth0", "mtu", &NODE_MTU.to_string(), "type", "veth", "peer", "name", &port, "mtu", &NODE_MTU.to_string(), "netns", self.lan.name()]);
+        ns.ip([
+            "link",
+            "add",
+            "eth0",
+            "mtu",
+            &NODE_MTU.to_string(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "mtu",
+            &NODE_MTU.to_string(),
+            "netns",
+            self.lan.name(),
+        ]);
         self.lan.ip(["link", "set", &port, "master", "lan0", "up"]);
         ns.sysctl("net.ipv6.conf.eth0.keep_addr_on_down", "1");
         for ip in &spec.ips {
             let len = if ip.contains(':') { "64" } else { "24" };
-            ns.ip(["addr", "add", &format!("{ip}/{len}"), "dev", "eth0", "nodad"]);
+            ns.ip([
+                "addr",
+                "add",
+                &format!("{ip}/{len}"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
         }
         ns.ip(["link", "set", "eth0", "up"]);
         self.control().upsert(&spec.node()).expect("upsert Node");
@@ -352,7 +413,10 @@ impl Cluster {
     }
 
     pub fn node(&mut self, name: &str) -> &mut SimNode {
-        self.nodes.iter_mut().find(|n| n.spec.name == name).unwrap_or_else(|| panic!("no node {name}"))
+        self.nodes
+            .iter_mut()
+            .find(|n| n.spec.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
     }
 
     pub fn start_agent(&mut self, name: &str) {
@@ -362,7 +426,12 @@ impl Cluster {
         let log = n.logs.join(format!("agent-{}.log", n.starts));
         let file = File::create(&log).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", n.ns.name(), env!("CARGO_BIN_EXE_cni-rs-node")])
+            .args([
+                "netns",
+                "exec",
+                n.ns.name(),
+                env!("CARGO_BIN_EXE_cni-rs-node"),
+            ])
             .args(["--node-name", &n.spec.name])
             .arg("--kubeconfig")
             .arg(&kubeconfig)
@@ -376,7 +445,10 @@ impl Cluster {
             .stderr(file)
             .spawn()
             .expect("spawn cni-rs-node");
-        n.agent = Some(Agent { child: Some(child), log });
+        n.agent = Some(Agent {
+            child: Some(child),
+            log,
+        });
     }
 
     pub fn start_all(&mut self) {
@@ -386,7 +458,12 @@ impl Cluster {
         }
         for name in &names {
             let n = self.node(name);
-            assert!(wait_for(Duration::from_secs(20), || n.ready()), "{name}'s agent is not ready:\n{}\n{}", n.http("/readyz").1, n.log());
+            assert!(
+                wait_for(Duration::from_secs(20), || n.ready()),
+                "{name}'s agent is not ready:\n{}\n{}",
+                n.http("/readyz").1,
+                n.log()
+            );
         }
     }
 
@@ -397,7 +474,8 @@ impl Cluster {
         for _ in 0..count {
             let pod = Netns::new("pod");
             let out = cni(&runtime, n, "add", pod.path());
-            let result: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("ADD result is not JSON ({e}): {out}"));
+            let result: Value = serde_json::from_str(&out)
+                .unwrap_or_else(|e| panic!("ADD result is not JSON ({e}): {out}"));
             let ips: Vec<IpAddr> = result["ips"]
                 .as_array()
                 .into_iter()
@@ -411,7 +489,10 @@ impl Cluster {
 
     /// Every pod of every node, with its node's name.
     pub fn pods(&self) -> Vec<(&str, &Pod)> {
-        self.nodes.iter().flat_map(|n| n.pods.iter().map(move |p| (n.spec.name.as_str(), p))).collect()
+        self.nodes
+            .iter()
+            .flat_map(|n| n.pods.iter().map(move |p| (n.spec.name.as_str(), p)))
+            .collect()
     }
 
     /// Routes `name`'s agent should have: every other node's pod CIDRs via its address.
@@ -431,14 +512,23 @@ impl Cluster {
 
     /// Waits until every node with a running agent has exactly the routes it should.
     pub fn converged(&mut self) -> bool {
-        let names: Vec<String> = self.nodes.iter().filter(|n| n.agent.is_some()).map(|n| n.spec.name.clone()).collect();
+        let names: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.agent.is_some())
+            .map(|n| n.spec.name.clone())
+            .collect();
         let mut ok = true;
         for name in names {
             let want = self.expected_routes(&name);
             let n = self.node(&name);
             let got = wait_for(Duration::from_secs(10), || n.routes() == want);
             if !got {
-                eprintln!("{name}: routes {:?}, want {want:?}\n{}", n.routes(), n.log());
+                eprintln!(
+                    "{name}: routes {:?}, want {want:?}\n{}",
+                    n.routes(),
+                    n.log()
+                );
                 ok = false;
             }
         }
