@@ -101,7 +101,7 @@ pub async fn run(flags: Flags) -> Result<(), String> {
     );
 
     let mut nodes = NodeCache::default();
-    let mut watch = Box::pin(watch::nodes(client));
+    let mut watch: WatchStream = Box::pin(watch::nodes(client.clone()));
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut resync = tokio::time::interval_at(
@@ -131,7 +131,12 @@ pub async fn run(flags: Flags) -> Result<(), String> {
                 return Ok(());
             }
             ev = kernel_events.recv(), if monitor_alive => match ev {
-                Some(ev) => dirty |= rec.note(ev),
+                Some(ev) => {
+                    if let netlink::KernelEvent::Address { gone: Some(ip) } = &ev {
+                        restart_watch(&mut watch, &client, *ip);
+                    }
+                    dirty |= rec.note(ev);
+                }
                 None => {
                     error!("rtnetlink notifications stopped: repairs now wait for the resync every {:?}", flags.resync_interval);
                     monitor_alive = false;
@@ -145,15 +150,16 @@ pub async fn run(flags: Flags) -> Result<(), String> {
                     }
                     let done = matches!(ev, kube::runtime::watcher::Event::InitDone);
                     dirty |= nodes.apply(ev);
+                    if watch_failing {
+                        // The first answer after failures (a resumed watch replays what
+                        // was missed, a re-list ends in InitDone): the server is back.
+                        info!("watch: the API server is back ({} nodes cached)", nodes.len());
+                        status.clear_watch_problem();
+                        watch_failing = false;
+                        throttle.clear_all();
+                    }
                     if done {
                         status.set_watch_synced();
-                        if watch_failing {
-                            info!("watch: Nodes listed again ({} nodes), the API server is back", nodes.len());
-                            watch_failing = false;
-                        }
-                        for key in ["list-other", "watch start-other", "watch-other"] {
-                            throttle.clear(key);
-                        }
                     }
                     set(&status.metrics.nodes, nodes.len() as u64);
                 }
@@ -184,6 +190,9 @@ pub async fn run(flags: Flags) -> Result<(), String> {
         }
         // Take in every notification already queued, so one pass covers a burst.
         while monitor_alive && let Ok(ev) = kernel_events.try_recv() {
+            if let netlink::KernelEvent::Address { gone: Some(ip) } = &ev {
+                restart_watch(&mut watch, &client, *ip);
+            }
             dirty |= rec.note(ev);
         }
         // Until the first full list nothing is touched: an empty cache would delete
@@ -207,6 +216,25 @@ pub async fn run(flags: Flags) -> Result<(), String> {
             retry_delay = RETRY_MIN;
         }
     }
+}
+
+type WatchStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = Result<
+                    kube::runtime::watcher::Event<k8s_openapi::api::core::v1::Node>,
+                    kube::runtime::watcher::Error,
+                >,
+            > + Send,
+    >,
+>;
+
+/// A global address of this node went away (the node was renumbered): the watch's
+/// connection may have used it, and a connection whose source address is gone hangs
+/// silently until its timeout. A new watch re-lists (from the watch cache) at once.
+fn restart_watch(watch: &mut WatchStream, client: &kube::Client, gone: IpAddr) {
+    info!("address {gone} removed from this node: restarting the Node watch on a new connection");
+    *watch = Box::pin(watch::nodes(client.clone()));
 }
 
 impl NodeState {

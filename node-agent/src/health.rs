@@ -59,6 +59,9 @@ impl Status {
         i.watch_synced = true;
         i.watch_problem = None;
     }
+    pub fn clear_watch_problem(&self) {
+        self.lock().watch_problem = None;
+    }
     /// The watch failed; what was synced stays in use (fail static), so readiness holds.
     pub fn set_watch_problem(&self, why: String) {
         self.lock().watch_problem = Some(why);

@@ -82,6 +82,11 @@ impl Throttle {
         }
     }
 
+    /// Forgets every key: a recovery, after which any new failure is news.
+    pub fn clear_all(&mut self) {
+        self.seen.clear();
+    }
+
     /// Forgets a key, so the next occurrence is logged at once (the condition cleared).
     pub fn clear(&mut self, key: &str) -> bool {
         self.seen.remove(key).is_some()

@@ -309,8 +309,8 @@ pub enum KernelEvent {
     Route { route: KernelRoute, added: bool },
     /// A link changed state or went away.
     Link,
-    /// An address came or went.
-    Address,
+    /// An address came or went; `gone` names a global address that was removed.
+    Address { gone: Option<IpAddr> },
     /// Notifications were lost (the socket buffer overflowed): re-read everything.
     Overrun,
 }
@@ -359,8 +359,21 @@ fn event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<KernelEvent> {
             RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => {
                 Some(KernelEvent::Link)
             }
-            RouteNetlinkMessage::NewAddress(_) | RouteNetlinkMessage::DelAddress(_) => {
-                Some(KernelEvent::Address)
+            RouteNetlinkMessage::NewAddress(_) => Some(KernelEvent::Address { gone: None }),
+            RouteNetlinkMessage::DelAddress(a) => {
+                // Link-local addresses come and go with every pod's veth; only a global
+                // one can be what a connection of ours was using.
+                let gone = a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Address(ip) | AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let global = |ip: &IpAddr| match ip {
+                    IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_loopback(),
+                    IpAddr::V6(v6) => !v6.is_unicast_link_local() && !v6.is_loopback(),
+                };
+                Some(KernelEvent::Address {
+                    gone: gone.filter(global),
+                })
             }
             _ => None,
         },

@@ -141,7 +141,7 @@ impl<K: Kernel> Reconciler<K> {
                 };
                 changed || !mine
             }
-            KernelEvent::Link | KernelEvent::Address | KernelEvent::Overrun => {
+            KernelEvent::Link | KernelEvent::Address { .. } | KernelEvent::Overrun => {
                 // IPv4 drops the routes of a downed link without a notification.
                 self.invalidate();
                 true
@@ -216,7 +216,10 @@ impl<K: Kernel> Reconciler<K> {
                     counts[i] += 1;
                     inc([&m.route_adds, &m.route_replaces, &m.route_deletes][i]);
                     if plan.ops.len() <= LOG_EACH_UP_TO {
-                        info!("route: {op} proto {}", self.proto);
+                        match op {
+                            RouteOp::Delete(_) => info!("route: {op}"),
+                            _ => info!("route: {op} proto {}", self.proto),
+                        }
                     }
                     self.record(op);
                 }

@@ -8,8 +8,8 @@ use cni_net::sysctl;
 
 fn key(family: Family) -> &'static str {
     match family {
-        Family::V4 => "net.ipv4.ip_forward",
-        Family::V6 => "net.ipv6.conf.all.forwarding",
+        Family::V4 => "net/ipv4/ip_forward",
+        Family::V6 => "net/ipv6/conf/all/forwarding",
     }
 }
 
@@ -33,8 +33,8 @@ pub fn ensure_forwarding(family: Family) -> Result<bool, String> {
 /// The effective IPv4 rp_filter of an interface: the larger of `all` and its own.
 pub fn rp_filter(ifname: &str) -> Option<u32> {
     let read = |k: String| sysctl::get(&k).ok()?.trim().parse::<u32>().ok();
-    let all = read("net.ipv4.conf.all.rp_filter".to_owned())?;
-    let own = read(format!("net.ipv4.conf.{ifname}.rp_filter")).unwrap_or(0);
+    let all = read("net/ipv4/conf/all/rp_filter".to_owned())?;
+    let own = read(format!("net/ipv4/conf/{ifname}/rp_filter")).unwrap_or(0);
     Some(all.max(own))
 }
 
