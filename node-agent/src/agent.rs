@@ -201,9 +201,7 @@ pub async fn run(flags: Flags) -> Result<(), String> {
             continue;
         }
         dirty = false;
-        let out = rec
-            .reconcile(&nodes.nodes().cloned().collect::<Vec<_>>())
-            .await;
+        let out = rec.reconcile(nodes.nodes()).await;
         let node_ok = state
             .apply(&own, &nodes, &mut rec, full, &status, &mut throttle)
             .await;

@@ -14,7 +14,7 @@ pub struct Metrics {
     pub route_conflicts: AtomicU64,
     pub routes_skipped: AtomicU64,
     pub kernel_dumps: AtomicU64,
-    pub kernel_lookups: AtomicU64,
+    pub nexthop_checks: AtomicU64,
     pub reconciles: AtomicU64,
     pub reconcile_seconds_sum_us: AtomicU64,
     pub reconcile_last_us: AtomicU64,
@@ -119,10 +119,10 @@ impl Metrics {
             g(&self.kernel_dumps).to_string(),
         );
         one(
-            "kernel_lookups_total",
+            "nexthop_checks_total",
             "counter",
-            "Next-hop route lookups.",
-            g(&self.kernel_lookups).to_string(),
+            "Next hops checked against the cached routing table (in memory, no kernel call).",
+            g(&self.nexthop_checks).to_string(),
         );
         one(
             "reconciles_total",

@@ -12,7 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
@@ -65,8 +65,6 @@ pub trait Kernel {
     async fn dump_routes(&mut self) -> Result<Vec<KernelRoute>, KernelError>;
     /// Carries out `ops` (with protocol `proto`), concurrently; one result per op, in order.
     async fn apply(&mut self, proto: u8, ops: &[RouteOp]) -> Vec<Result<(), KernelError>>;
-    /// How the kernel reaches each of `gws`, in order.
-    async fn reach(&mut self, gws: &[IpAddr]) -> Vec<Reach>;
     /// MTU of the interface that holds `addr`, else of the one that reaches it.
     async fn mtu_for(&mut self, addr: IpAddr) -> Option<u32>;
 }
@@ -147,6 +145,15 @@ impl Rtnl {
             Ok(None) => Reach::No("no route to it".into()),
             Err(e) => Reach::No(KernelError::new("route lookup".into(), e).msg),
         }
+    }
+
+    /// How the kernel reaches each of `gws`, in order (its own route lookup).
+    pub async fn reach(&mut self, gws: &[IpAddr]) -> Vec<Reach> {
+        futures::stream::iter(gws)
+            .map(|gw| self.reach_one(*gw))
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await
     }
 
     async fn link_mtu(&self, index: u32) -> Option<u32> {
@@ -242,6 +249,7 @@ pub fn parse_route(m: &RouteMessage) -> Option<KernelRoute> {
         protocol: u8::from(m.header.protocol),
         priority,
         oif,
+        unicast: m.header.kind == RouteType::Unicast,
     })
 }
 
@@ -267,14 +275,6 @@ impl Kernel for Rtnl {
     async fn apply(&mut self, proto: u8, ops: &[RouteOp]) -> Vec<Result<(), KernelError>> {
         futures::stream::iter(ops)
             .map(|op| self.one(proto, op))
-            .buffered(IN_FLIGHT)
-            .collect()
-            .await
-    }
-
-    async fn reach(&mut self, gws: &[IpAddr]) -> Vec<Reach> {
-        futures::stream::iter(gws)
-            .map(|gw| self.reach_one(*gw))
             .buffered(IN_FLIGHT)
             .collect()
             .await
@@ -307,8 +307,8 @@ impl Kernel for Rtnl {
 pub enum KernelEvent {
     /// A main-table route appeared or changed (`added`) or went away.
     Route { route: KernelRoute, added: bool },
-    /// A link changed state or went away.
-    Link,
+    /// A link changed: `up` false when it is down or gone.
+    Link { index: u32, up: bool },
     /// An address came or went; `gone` names a global address that was removed.
     Address { gone: Option<IpAddr> },
     /// Notifications were lost (the socket buffer overflowed): re-read everything.
@@ -356,9 +356,14 @@ fn event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<KernelEvent> {
                 route,
                 added: false,
             }),
-            RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => {
-                Some(KernelEvent::Link)
-            }
+            RouteNetlinkMessage::NewLink(l) => Some(KernelEvent::Link {
+                index: l.header.index,
+                up: l.header.flags.contains(LinkFlags::Up),
+            }),
+            RouteNetlinkMessage::DelLink(l) => Some(KernelEvent::Link {
+                index: l.header.index,
+                up: false,
+            }),
             RouteNetlinkMessage::NewAddress(_) => Some(KernelEvent::Address { gone: None }),
             RouteNetlinkMessage::DelAddress(a) => {
                 // Link-local addresses come and go with every pod's veth; only a global

@@ -26,9 +26,8 @@ use crate::{info, warn};
 /// Past this many operations in one pass, the log gets a summary instead of a line each.
 const LOG_EACH_UP_TO: usize = 16;
 
-/// The kernel's metric for a route without one: 0 for IPv4, 1024 for IPv6.
 fn metric(r: &KernelRoute) -> u32 {
-    r.priority.unwrap_or(if r.dst.is_ipv6() { 1024 } else { 0 })
+    r.metric()
 }
 
 type ByDst = BTreeMap<IpNetwork, Vec<KernelRoute>>;
@@ -123,9 +122,10 @@ impl<K: Kernel> Reconciler<K> {
         match ev {
             KernelEvent::Route { route, added } => {
                 let mine = route.protocol == self.proto;
-                if !mine {
+                if !mine && self.reach.keys().any(|gw| route.dst.contains(*gw)) {
                     // A connected route or a default route may have changed how a next
-                    // hop is reached.
+                    // hop is reached. (The link-local routes of every pod's veth cover
+                    // no next hop and cost nothing.)
                     self.reach_stale = true;
                 }
                 let map = if mine {
@@ -141,8 +141,27 @@ impl<K: Kernel> Reconciler<K> {
                 };
                 changed || !mine
             }
-            KernelEvent::Link | KernelEvent::Address { .. } | KernelEvent::Overrun => {
-                // IPv4 drops the routes of a downed link without a notification.
+            KernelEvent::Link { index, up } => {
+                let used = self
+                    .ours
+                    .values()
+                    .chain(self.foreign.values())
+                    .flatten()
+                    .any(|r| r.oif == Some(index));
+                if !up && used {
+                    // IPv4 drops the routes of a downed link without a notification.
+                    self.invalidate();
+                }
+                // A link coming up brings its connected routes back (notified); a new
+                // pod's veth concerns no route of ours.
+                used
+            }
+            KernelEvent::Address { .. } => {
+                // Its connected route comes and goes with its own notification; a pass
+                // re-checks which next hops are on-link.
+                true
+            }
+            KernelEvent::Overrun => {
                 self.invalidate();
                 true
             }
@@ -150,7 +169,10 @@ impl<K: Kernel> Reconciler<K> {
     }
 
     /// One pass for the Nodes in `nodes` (the whole cache, this node included).
-    pub async fn reconcile(&mut self, nodes: &[NodeView]) -> Outcome {
+    pub async fn reconcile<'a>(
+        &mut self,
+        nodes: impl IntoIterator<Item = &'a NodeView>,
+    ) -> Outcome {
         let start = Instant::now();
         let mut out = Outcome::default();
         if self.routes_stale {
@@ -183,20 +205,14 @@ impl<K: Kernel> Reconciler<K> {
         }
 
         let mut desired = routes::desired(&self.own, nodes);
-        let mut missing: Vec<IpAddr> = desired
-            .routes
-            .values()
-            .map(|w| w.gw)
-            .filter(|gw| !self.reach.contains_key(gw))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        if !missing.is_empty() {
-            let found = self.kernel.reach(&missing).await;
-            out.lookups = missing.len();
-            add(&self.status.metrics.kernel_lookups, missing.len() as u64);
-            self.reach.extend(missing.into_iter().zip(found));
+        for w in desired.routes.values() {
+            if !self.reach.contains_key(&w.gw) {
+                let r = routes::reach(w.gw, self.foreign.values().flatten());
+                self.reach.insert(w.gw, r);
+                out.lookups += 1;
+            }
         }
+        add(&self.status.metrics.nexthop_checks, out.lookups as u64);
         routes::keep_on_link(&mut desired, &self.reach);
 
         let plan = routes::plan(&desired.routes, &self.ours, &self.foreign, self.adopt);
@@ -269,6 +285,7 @@ impl<K: Kernel> Reconciler<K> {
             protocol: self.proto,
             priority,
             oif: None,
+            unicast: true,
         };
         match op {
             RouteOp::Add { dst, gw } => {
@@ -312,8 +329,26 @@ pub(crate) mod tests {
     pub struct Fake {
         pub routes: Vec<KernelRoute>,
         pub calls: Vec<String>,
-        pub off_link: Vec<IpAddr>,
         pub fail: bool,
+    }
+
+    impl Fake {
+        /// A node on 10.0.0.0/24 and fd00::/64 (interface 2), default route via 10.0.0.254.
+        fn node(mut routes: Vec<KernelRoute>) -> Fake {
+            let connected = |dst: &str| KernelRoute {
+                gw: None,
+                ..kr(dst, "0.0.0.0", 2)
+            };
+            routes.extend([
+                connected("10.0.0.0/24"),
+                connected("fd00::/64"),
+                kr("0.0.0.0/0", "10.0.0.254", 3),
+            ]);
+            Fake {
+                routes,
+                ..Fake::default()
+            }
+        }
     }
 
     impl Kernel for Fake {
@@ -345,6 +380,7 @@ pub(crate) mod tests {
                                 protocol: proto,
                                 priority: None,
                                 oif: Some(2),
+                                unicast: true,
                             });
                         }
                         RouteOp::Delete(k) => self
@@ -352,18 +388,6 @@ pub(crate) mod tests {
                             .retain(|r| !(r.dst == k.dst && r.protocol == proto)),
                     }
                     Ok(())
-                })
-                .collect()
-        }
-        async fn reach(&mut self, gws: &[IpAddr]) -> Vec<Reach> {
-            gws.iter()
-                .map(|gw| {
-                    self.calls.push(format!("reach {gw}"));
-                    if self.off_link.contains(gw) {
-                        Reach::No("reached via gateway 10.0.0.254".into())
-                    } else {
-                        Reach::OnLink { oif: 2 }
-                    }
                 })
                 .collect()
         }
@@ -389,6 +413,7 @@ pub(crate) mod tests {
             protocol: proto,
             priority: None,
             oif: Some(2),
+            unicast: true,
         }
     }
 
@@ -422,15 +447,12 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn first_pass_dumps_looks_up_and_adds() {
-        let mut r = reconciler(Fake::default());
+        let mut r = reconciler(Fake::node(vec![]));
         let calls = pass(&mut r, &cluster()).await;
         assert_eq!(
             calls,
             [
                 "dump",
-                "reach 10.0.0.2",
-                "reach 10.0.0.3",
-                "reach fd00::2",
                 "add 10.244.2.0/24 via 10.0.0.2",
                 "add 10.244.3.0/24 via 10.0.0.3",
                 "add fd00:2::/64 via fd00::2",
@@ -442,13 +464,13 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn one_node_event_costs_one_operation() {
-        let mut r = reconciler(Fake::default());
+        let mut r = reconciler(Fake::node(vec![]));
         pass(&mut r, &cluster()).await;
         let mut nodes = cluster();
         nodes[2].internal_ips = vec!["10.0.0.33".parse().unwrap()];
         assert_eq!(
             pass(&mut r, &nodes).await,
-            ["reach 10.0.0.33", "replace 10.244.3.0/24 via 10.0.0.33"]
+            ["replace 10.244.3.0/24 via 10.0.0.33"]
         );
         nodes.remove(2);
         assert_eq!(
@@ -464,15 +486,12 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn stale_routes_of_nodes_gone_while_down_are_removed_and_foreign_kept() {
-        let kernel = Fake {
-            routes: vec![
-                kr("10.244.9.0/24", "10.0.0.9", 61), // a node deleted while we were down
-                kr("10.244.3.0/24", "10.0.0.3", 61), // still right
-                kr("192.168.5.0/24", "10.0.0.254", 3), // someone else's
-                kr("10.244.2.0/24", "10.0.0.2", 3),  // by hand, to a pod CIDR
-            ],
-            ..Fake::default()
-        };
+        let kernel = Fake::node(vec![
+            kr("10.244.9.0/24", "10.0.0.9", 61), // a node deleted while we were down
+            kr("10.244.3.0/24", "10.0.0.3", 61), // still right
+            kr("192.168.5.0/24", "10.0.0.254", 3), // someone else's
+            kr("10.244.2.0/24", "10.0.0.2", 3),  // by hand, to a pod CIDR
+        ]);
         let mut r = reconciler(kernel);
         let calls = pass(&mut r, &cluster()).await;
         assert!(
@@ -480,9 +499,7 @@ pub(crate) mod tests {
             "{calls:?}"
         );
         assert!(
-            !calls
-                .iter()
-                .any(|c| c.contains("10.244.2.0/24") && !c.starts_with("reach")),
+            !calls.iter().any(|c| c.contains("10.244.2.0/24")),
             "conflict left alone: {calls:?}"
         );
         assert!(
@@ -502,7 +519,7 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn notifications_keep_the_cache_without_dumps() {
-        let mut r = reconciler(Fake::default());
+        let mut r = reconciler(Fake::node(vec![]));
         pass(&mut r, &cluster()).await;
         // Our own add, echoed: nothing to do.
         assert!(!r.note(KernelEvent::Route {
@@ -522,8 +539,18 @@ pub(crate) mod tests {
             ["add 10.244.3.0/24 via 10.0.0.3"]
         );
         // A link flap: everything re-read, the missing route restored.
-        r.kernel.routes.clear();
-        assert!(r.note(KernelEvent::Link));
+        r.kernel.routes.retain(|x| x.protocol != 61);
+        assert!(
+            !r.note(KernelEvent::Link {
+                index: 7,
+                up: false
+            }),
+            "a pod's veth: nothing to do"
+        );
+        assert!(r.note(KernelEvent::Link {
+            index: 2,
+            up: false
+        }));
         let calls = pass(&mut r, &cluster()).await;
         assert_eq!(calls[0], "dump");
         assert_eq!(
@@ -535,16 +562,21 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn off_link_next_hops_get_no_route() {
-        let kernel = Fake {
-            off_link: vec!["10.0.0.3".parse().unwrap()],
-            routes: vec![kr("10.244.3.0/24", "10.0.0.3", 61)],
-            ..Fake::default()
-        };
+        let kernel = Fake::node(vec![kr("10.244.3.0/24", "192.168.7.3", 61)]);
         let mut r = reconciler(kernel);
-        let calls = pass(&mut r, &cluster()).await;
+        let mut nodes = cluster();
+        nodes[2].internal_ips = vec!["192.168.7.3".parse().unwrap()];
+        let calls = pass(&mut r, &nodes).await;
         assert!(
-            calls.contains(&"delete 10.244.3.0/24 via 10.0.0.3 dev #2 proto 61".to_string()),
+            calls.contains(&"delete 10.244.3.0/24 via 192.168.7.3 dev #2 proto 61".to_string()),
             "{calls:?}"
+        );
+        assert_eq!(
+            r.status
+                .metrics
+                .routes_skipped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
         );
         assert!(!calls.iter().any(|c| c.starts_with("add 10.244.3")));
     }
@@ -553,7 +585,7 @@ pub(crate) mod tests {
     async fn a_failed_operation_makes_the_next_pass_re_read() {
         let mut r = reconciler(Fake {
             fail: true,
-            ..Fake::default()
+            ..Fake::node(vec![])
         });
         let out = r.reconcile(&cluster()).await;
         assert_eq!(out.failed, 3);
@@ -565,10 +597,7 @@ pub(crate) mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn adopting_takes_over_a_hand_made_route() {
-        let kernel = Fake {
-            routes: vec![kr("10.244.2.0/24", "10.0.0.2", 3)],
-            ..Fake::default()
-        };
+        let kernel = Fake::node(vec![kr("10.244.2.0/24", "10.0.0.2", 3)]);
         let mut r = Reconciler::new(kernel, "n1", 61, true, Status::new(Duration::from_secs(60)));
         let calls = pass(&mut r, &cluster()).await;
         assert!(

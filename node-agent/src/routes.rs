@@ -26,10 +26,23 @@ pub struct KernelRoute {
     pub protocol: u8,
     pub priority: Option<u32>,
     pub oif: Option<u32>,
+    /// Type unicast (not blackhole, unreachable, prohibit, throw).
+    pub unicast: bool,
+}
+
+impl KernelRoute {
+    /// The kernel's metric for a route without one: 0 for IPv4, 1024 for IPv6.
+    pub fn metric(&self) -> u32 {
+        self.priority
+            .unwrap_or(if self.dst.is_ipv6() { 1024 } else { 0 })
+    }
 }
 
 impl fmt::Display for KernelRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.unicast {
+            write!(f, "(not unicast) ")?;
+        }
         write!(f, "{}", self.dst)?;
         if let Some(gw) = self.gw {
             write!(f, " via {gw}")?;
@@ -158,6 +171,38 @@ pub enum Reach {
     OnLink { oif: u32 },
     /// Not on-link; the reason, for the log.
     No(String),
+}
+
+/// How a next hop is reached, from the main table's routes other than ours (the
+/// connected routes of the node's interfaces, its default route, an admin's): the most
+/// specific covering route decides, as the kernel's lookup does (policy routing rules
+/// aside). Computed here rather than asked of the kernel: a change of those few routes
+/// then costs no lookup per node, and the kernel still refuses an add whose next hop
+/// is not on-link.
+pub fn reach<'a>(gw: IpAddr, routes: impl IntoIterator<Item = &'a KernelRoute>) -> Reach {
+    let mut best: Option<&KernelRoute> = None;
+    for r in routes {
+        if r.dst.is_ipv4() != gw.is_ipv4() || !r.dst.contains(gw) {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some(b) => {
+                (r.dst.prefix(), std::cmp::Reverse(r.metric()))
+                    > (b.dst.prefix(), std::cmp::Reverse(b.metric()))
+            }
+        };
+        if better {
+            best = Some(r);
+        }
+    }
+    match best {
+        None => Reach::No("no route to it".into()),
+        Some(r) if !r.unicast => Reach::No(format!("the route covering it is {r}")),
+        Some(KernelRoute { gw: Some(via), .. }) => Reach::No(format!("reached via gateway {via}")),
+        Some(KernelRoute { oif: Some(oif), .. }) => Reach::OnLink { oif: *oif },
+        Some(r) => Reach::No(format!("the route covering it, {r}, names no interface")),
+    }
 }
 
 /// Drops the wanted routes whose next hop is not on-link (per `reach`; a next hop missing
@@ -325,6 +370,7 @@ mod tests {
             protocol: proto,
             priority: None,
             oif: Some(2),
+            unicast: true,
         }
     }
     fn wants(pairs: &[(&str, &str)]) -> BTreeMap<IpNetwork, Want> {
@@ -432,6 +478,27 @@ mod tests {
             msg.contains("192.168.7.2") && msg.contains("via gateway"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_most_specific_covering_route_decides_reachability() {
+        let connected = KernelRoute {
+            gw: None,
+            ..kr("10.0.0.0/24", "0.0.0.0", 2)
+        };
+        let default = kr("0.0.0.0/0", "10.0.0.254", 16);
+        let mut black = kr("10.0.0.128/25", "0.0.0.0", 4);
+        black.gw = None;
+        black.unicast = false;
+        let routes = [default.clone(), connected.clone(), black];
+        assert_eq!(reach(ip("10.0.0.7"), &routes), Reach::OnLink { oif: 2 });
+        assert!(
+            matches!(reach(ip("192.0.2.1"), &routes), Reach::No(w) if w.contains("via gateway 10.0.0.254"))
+        );
+        assert!(
+            matches!(reach(ip("10.0.0.200"), &routes), Reach::No(w) if w.contains("not unicast"))
+        );
+        assert!(matches!(reach(ip("fd00::1"), &routes), Reach::No(w) if w == "no route to it"));
     }
 
     #[test]

@@ -352,7 +352,7 @@ fn notifications_report_our_routes_and_links() {
                 {
                     seen.push(if added { "add" } else { "del" }.to_string())
                 }
-                Ok(Some(KernelEvent::Link)) => seen.push("link".into()),
+                Ok(Some(KernelEvent::Link { up: false, .. })) => seen.push("link".into()),
                 _ => {}
             }
         }
