@@ -127,13 +127,16 @@ async fn run(prog: &'static str, args: &[&str], stdin: Option<&str>) -> Result<S
 /// Makes sure pod traffic of `cidrs` (one family) passes a FORWARD policy of DROP.
 /// Returns whether rules were written. A machine without iptables has no such policy.
 pub async fn ensure(family: Family, cidrs: &[IpNetwork]) -> Result<bool, IptError> {
+    if cidrs.is_empty() {
+        return Ok(false);
+    }
     let save = match run(family.save(), &["-t", "filter"], None).await {
         Ok(text) => text,
         Err(IptError::Missing(_)) => return Ok(false),
         Err(e) => return Err(e),
     };
     let state = parse_save(&save);
-    if !state.policy_drop || cidrs.is_empty() {
+    if !state.policy_drop {
         return Ok(false);
     }
     run(

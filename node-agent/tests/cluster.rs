@@ -417,6 +417,15 @@ fn api_failures_leave_everything_in_place_and_the_agent_recovers() {
 #[test]
 fn a_node_without_pod_cidrs_gets_no_conflist_and_a_hint() {
     let mut c = Cluster::new(&[NodeSpec::dual(1).without_cidrs(), NodeSpec::dual(2)]);
+    // n2 also shows the API server override, from the environment: its kubeconfig
+    // names an address where nothing listens.
+    let wrong = n2_kubeconfig_elsewhere();
+    let n2 = c.node("n2");
+    n2.kubeconfig = Some(wrong.join("kubeconfig"));
+    n2.env = vec![(
+        "CNI_RS_APISERVER".into(),
+        format!("http://{API}:{}", sim::API_PORT),
+    )];
     c.start_agent("n1");
     c.start_agent("n2");
     let n1 = c.node("n1");
@@ -462,6 +471,25 @@ fn a_node_without_pod_cidrs_gets_no_conflist_and_a_hint() {
         n1.log()
     );
     assert!(c.converged());
+    let n2 = c.node("n2");
+    assert!(
+        n2.ready(),
+        "n2 reached the API server through CNI_RS_APISERVER:\n{}",
+        n2.log()
+    );
+    drop(c);
+    drop(wrong);
+}
+
+/// A kubeconfig naming 10.210.0.99, where no API server listens.
+fn n2_kubeconfig_elsewhere() -> cni_tests::TempDir {
+    let dir = cni_tests::TempDir::new("agent-kubeconfig");
+    std::fs::write(
+        dir.join("kubeconfig"),
+        kube_standin::kubeconfig("http://10.210.0.99:6443"),
+    )
+    .unwrap();
+    dir
 }
 
 #[test]

@@ -185,6 +185,10 @@ pub struct SimNode {
     pub conf: TempDir,
     pub state: TempDir,
     pub args: Vec<String>,
+    /// Extra environment of the agent (`CNI_RS_*` flags).
+    pub env: Vec<(String, String)>,
+    /// A kubeconfig of its own instead of the cluster's.
+    pub kubeconfig: Option<PathBuf>,
     logs: TempDir,
     starts: u32,
 }
@@ -405,6 +409,8 @@ impl Cluster {
             conf: TempDir::new("agent-netd"),
             state: TempDir::new("agent-cnistate"),
             args: Vec::new(),
+            env: Vec::new(),
+            kubeconfig: None,
             logs: TempDir::new("agent-logs"),
             spec,
             starts: 0,
@@ -420,8 +426,9 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self, name: &str) {
-        let kubeconfig = self.dir.join("kubeconfig");
+        let shared = self.dir.join("kubeconfig");
         let n = self.node(name);
+        let kubeconfig = n.kubeconfig.clone().unwrap_or(shared);
         n.starts += 1;
         let log = n.logs.join(format!("agent-{}.log", n.starts));
         let file = File::create(&log).unwrap();
@@ -440,6 +447,7 @@ impl Cluster {
             .args(&n.args)
             .env_remove("KUBECONFIG")
             .env_remove("NODE_NAME")
+            .envs(n.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
