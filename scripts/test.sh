@@ -21,6 +21,15 @@ cd "$ROOT"
 section "System packages"
 ensure_packages iproute2 iptables nftables containernetworking-plugins iputils-ping \
     netcat-openbsd socat jq conntrack procps
+# kubectl checks that the stand-in API server (tests/standin) speaks the real API.
+# Debian's kubernetes-client ships /usr/bin/kubectl, which clashes (a dpkg file
+# conflict) with any other package that does, such as Google Cloud SDK's `kubectl`:
+# install it only when no kubectl is there.
+if command -v kubectl >/dev/null; then
+    info "kubectl: $(command -v kubectl)"
+else
+    ensure_packages kubernetes-client
+fi
 
 section "cnitool"
 if [ -n "${CNITOOL+set}" ]; then
