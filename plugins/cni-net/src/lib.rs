@@ -2,7 +2,13 @@
 //! netlink socket, sysctls and the NAT backends.
 
 pub mod error;
+pub mod family;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
+
+pub use error::Error;
+pub use family::Family;
+pub use netlink::Netlink;
+pub use netns::NetNs;

@@ -15,10 +15,10 @@ use std::net::IpAddr;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::IpFamily;
 use super::error::NatError;
+use super::model::{PortMapping, Proto};
 use super::nftnl;
-use super::portmap::{PortMapping, Proto};
+use crate::Family;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -47,7 +47,7 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 /// original destination address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DstFilter {
-    pub family: IpFamily,
+    pub family: Family,
     pub protocol: Proto,
     pub port: u16,
     pub address: Option<IpAddr>,
@@ -56,7 +56,7 @@ pub struct DstFilter {
 /// Deletes the UDP entries towards the host ports of `mappings` that apply to `family`
 /// (a mapping with a specific host IP only flushes that destination). Returns how many
 /// entries were deleted.
-pub fn flush_udp_host_ports(mappings: &[PortMapping], family: IpFamily) -> Result<usize, NatError> {
+pub fn flush_udp_host_ports(mappings: &[PortMapping], family: Family) -> Result<usize, NatError> {
     let filters: Vec<DstFilter> = mappings
         .iter()
         .filter(|m| m.protocol == Proto::Udp && m.applies_to(family))
@@ -71,7 +71,7 @@ pub fn flush_udp_host_ports(mappings: &[PortMapping], family: IpFamily) -> Resul
 }
 
 /// Deletes every entry of `family` matching any of `filters`, with one dump.
-pub fn delete_matching(family: IpFamily, filters: &[DstFilter]) -> Result<usize, NatError> {
+pub fn delete_matching(family: Family, filters: &[DstFilter]) -> Result<usize, NatError> {
     if filters.is_empty() {
         return Ok(0);
     }
@@ -91,7 +91,7 @@ pub fn delete_matching(family: IpFamily, filters: &[DstFilter]) -> Result<usize,
 }
 
 /// [`delete_matching`] on an open ctnetlink socket.
-fn delete_on(socket: &Socket, family: IpFamily, filters: &[DstFilter]) -> Result<usize, NatError> {
+fn delete_on(socket: &Socket, family: Family, filters: &[DstFilter]) -> Result<usize, NatError> {
     let err = |context: &str| {
         let context = context.to_string();
         move |source: io::Error| NatError::Conntrack { context, source }
@@ -145,7 +145,7 @@ fn delete_on(socket: &Socket, family: IpFamily, filters: &[DstFilter]) -> Result
 }
 
 /// A ctnetlink request: netlink header, nfgenmsg, then `attrs` verbatim.
-fn request(msg: u16, flags: u16, seq: u32, family: IpFamily, attrs: &[u8]) -> Vec<u8> {
+fn request(msg: u16, flags: u16, seq: u32, family: Family, attrs: &[u8]) -> Vec<u8> {
     let len = NLMSG_HDR_LEN + NFGENMSG_LEN + attrs.len();
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -154,8 +154,8 @@ fn request(msg: u16, flags: u16, seq: u32, family: IpFamily, attrs: &[u8]) -> Ve
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&0u32.to_ne_bytes());
     out.push(match family {
-        IpFamily::V4 => libc::AF_INET as u8,
-        IpFamily::V6 => libc::AF_INET6 as u8,
+        Family::V4 => libc::AF_INET as u8,
+        Family::V6 => libc::AF_INET6 as u8,
     });
     out.push(0); // NFNETLINK_V0
     out.extend_from_slice(&0u16.to_be_bytes());
@@ -342,7 +342,7 @@ mod tests {
         assert_eq!(entry.dst_ip, Some("192.168.0.2".parse().unwrap()));
         assert_eq!(entry.key, Some(key));
         let f = |address: Option<&str>, port| DstFilter {
-            family: IpFamily::V4,
+            family: Family::V4,
             protocol: Proto::Udp,
             port,
             address: address.map(|a| a.parse().unwrap()),
@@ -364,7 +364,7 @@ mod tests {
             IPCTNL_MSG_CT_DELETE,
             NLM_F_REQUEST | NLM_F_ACK,
             9,
-            IpFamily::V6,
+            Family::V6,
             &[1, 2, 3, 4],
         );
         assert_eq!(msg.len(), 24);
@@ -394,6 +394,6 @@ mod tests {
         };
         // No UDP mapping for IPv6: returns before opening any socket.
         let mappings = [m(Proto::Tcp, None), m(Proto::Udp, Some("10.0.0.1"))];
-        assert_eq!(flush_udp_host_ports(&mappings, IpFamily::V6).unwrap(), 0);
+        assert_eq!(flush_udp_host_ports(&mappings, Family::V6).unwrap(), 0);
     }
 }

@@ -7,6 +7,7 @@ use ipnetwork::IpNetwork;
 
 use super::testns::TestNs;
 use super::*;
+use crate::Family;
 
 fn nets(list: &[&str]) -> Vec<IpNetwork> {
     list.iter().map(|s| s.parse().unwrap()).collect()
@@ -563,7 +564,7 @@ fn conntrack_flush_deletes_only_matching_udp_entries() {
         host_ip: Some("192.168.0.3".parse().unwrap()),
     }];
     let n = ns
-        .run(|| conntrack::flush_udp_host_ports(&specific, IpFamily::V4))
+        .run(|| conntrack::flush_udp_host_ports(&specific, Family::V4))
         .unwrap();
     assert_eq!(n, 1);
     let any = [PortMapping {
@@ -571,7 +572,7 @@ fn conntrack_flush_deletes_only_matching_udp_entries() {
         ..specific[0]
     }];
     let n = ns
-        .run(|| conntrack::flush_udp_host_ports(&any, IpFamily::V4))
+        .run(|| conntrack::flush_udp_host_ports(&any, Family::V4))
         .unwrap();
     assert_eq!(n, 1);
     let after = list();
@@ -581,7 +582,7 @@ fn conntrack_flush_deletes_only_matching_udp_entries() {
         "{after}"
     );
     let n = ns
-        .run(|| conntrack::flush_udp_host_ports(&any, IpFamily::V4))
+        .run(|| conntrack::flush_udp_host_ports(&any, Family::V4))
         .unwrap();
     assert_eq!(n, 0);
 }

@@ -6,15 +6,10 @@ use std::collections::HashSet;
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
+use super::model::Attachment;
 use super::nftnl::{self, Nftnl};
-use super::{Backend, IpFamily, iptables, masq_direct, masq_nftnl, names, nftables, sets, tools};
-
-/// One entry of `cni.dev/valid-attachments`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Attachment<'a> {
-    pub container_id: &'a str,
-    pub ifname: &'a str,
-}
+use super::{Backend, iptables, masq_direct, masq_nftnl, names, nftables, sets, tools};
+use crate::Family;
 
 /// Installs masquerading for `ips` of the container. Idempotent: the container's rules
 /// are replaced, and nothing is committed when they are already right.
@@ -36,10 +31,10 @@ pub fn setup_masq(
         Backend::Iptables => {
             // Netlink only spares work: without it, everything takes the general path.
             let mut nl = Nftnl::open().ok();
-            for family in [IpFamily::V4, IpFamily::V6] {
+            for family in [Family::V4, Family::V6] {
                 let nets: Vec<IpNetwork> = ips
                     .iter()
-                    .filter(|n| IpFamily::of(n.ip()) == family)
+                    .filter(|n| Family::of(n.ip()) == family)
                     .copied()
                     .collect();
                 if nets.is_empty() {
@@ -111,7 +106,7 @@ pub fn teardown_masq(
     let _lock = tools::lock()?;
     let mut errors = Vec::new();
     let mut nl = Nftnl::open().ok();
-    for family in [IpFamily::V4, IpFamily::V6] {
+    for family in [Family::V4, Family::V6] {
         if !family.enabled() || !iptables::available(family) {
             continue;
         }
@@ -151,7 +146,7 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
     let _lock = tools::lock()?;
     let mut errors = Vec::new();
     let valid_ids: HashSet<&str> = valid.iter().map(|a| a.container_id).collect();
-    for family in [IpFamily::V4, IpFamily::V6] {
+    for family in [Family::V4, Family::V6] {
         if !family.enabled() || !iptables::available(family) {
             continue;
         }

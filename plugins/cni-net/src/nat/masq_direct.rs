@@ -19,11 +19,11 @@ use std::io;
 
 use ipnetwork::IpNetwork;
 
-use super::IpFamily;
 use super::iptables::{self, restore::Script};
 use super::names;
 use super::nftnl::{Nftnl, Op};
 use super::portmap_direct::iptables_is_nft;
+use crate::Family;
 
 /// iptables-nft keeps its nat table in nf_tables under this name.
 const IPT_NAT_TABLE: &str = "nat";
@@ -34,7 +34,7 @@ const POSTROUTING: &str = "POSTROUTING";
 /// or `None` when the general path must decide (chain present, iptables-legacy).
 pub(crate) fn iptables_setup_new(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     network: &str,
     container_id: &str,
     nets: &[IpNetwork],
@@ -53,7 +53,7 @@ pub(crate) fn iptables_setup_new(
 /// was nothing); `Ok(false)`: the general path must do it.
 pub(crate) fn iptables_teardown(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     network: &str,
     container_id: &str,
 ) -> io::Result<bool> {

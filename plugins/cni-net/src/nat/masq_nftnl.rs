@@ -20,13 +20,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::IpFamily;
 use super::names;
 use super::nftnl::{
     NFT_JUMP, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_IMMEDIATE_DATA,
     NFTA_LIST_ELEM, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, Op, push_attr, push_nested,
     push_str_attr, push_u32_attr, with_socket,
 };
+use crate::Family;
 
 pub(super) const NFTA_PAYLOAD_DREG: u16 = 1;
 pub(super) const NFTA_PAYLOAD_BASE: u16 = 2;
@@ -299,7 +299,7 @@ fn expressions(rule: &MasqRule, comment: &str) -> Vec<u8> {
 /// in one transaction. The caller has seen that the chain does not exist and that
 /// iptables is the nf_tables flavour; any error means nothing was changed.
 pub(crate) fn add_new(
-    family: IpFamily,
+    family: Family,
     network: &str,
     container_id: &str,
     nets: &[IpNetwork],
@@ -398,7 +398,7 @@ mod tests {
         use crate::nat::portmap_direct::iptables_is_nft;
         use crate::nat::testns::TestNs;
 
-        if !iptables_is_nft(IpFamily::V4) || !iptables_is_nft(IpFamily::V6) {
+        if !iptables_is_nft(Family::V4) || !iptables_is_nft(Family::V6) {
             eprintln!("skipping: iptables is not the nf_tables flavour");
             return;
         }
@@ -417,13 +417,13 @@ mod tests {
         };
         for (family, other, mine) in [
             (
-                IpFamily::V4,
+                Family::V4,
                 "10.88.0.9/16",
                 &["10.88.0.2/16", "10.99.3.7/20"][..],
             ),
-            (IpFamily::V6, "2001:db8::9/64", &["2001:db8::2/64"][..]),
+            (Family::V6, "2001:db8::9/64", &["2001:db8::2/64"][..]),
         ] {
-            let v6 = family == IpFamily::V6;
+            let v6 = family == Family::V6;
             let first = render_new("net", "other", &nets(&[other])).unwrap();
             restore(&tool_ns, v6, &first);
             restore(&our_ns, v6, &first);

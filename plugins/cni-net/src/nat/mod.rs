@@ -34,12 +34,14 @@
 //! are named from (network, container ID) and every rule that jumps to them is found in
 //! the saved table; nftables rules are found by their comments.
 
+mod backend;
 pub mod conntrack;
 mod error;
 mod iptables;
 pub mod masq;
 mod masq_direct;
 mod masq_nftnl;
+mod model;
 pub mod names;
 mod nftables;
 mod nftnl;
@@ -54,129 +56,14 @@ mod itests;
 #[cfg(test)]
 mod testns;
 
-use std::net::IpAddr;
-
+/// The crate's one family type; kept under its old name for the plugins.
+pub use crate::Family as IpFamily;
+pub use backend::{Backend, select_masq_backend};
 pub use error::NatError;
-pub use masq::{Attachment, gc_masq, setup_masq, teardown_masq};
+pub use masq::{gc_masq, setup_masq, teardown_masq};
+pub use model::{Attachment, PortMapConfig, PortMapping, Proto, RuleRef};
 pub use portmap::{
-    PortMapConfig, PortMapping, Proto, RuleRef, check_ports, forward_ports, forward_ports_tracked,
-    unforward_ports, unforward_ports_installed, unforward_ports_tracked,
+    check_ports, forward_ports, forward_ports_tracked, unforward_ports, unforward_ports_installed,
+    unforward_ports_tracked,
 };
 pub use tools::LOCK_PATH;
-
-/// Which firewall API programs the rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    Iptables,
-    Nftables,
-    /// Ours only, opt-in: fixed nftables rules over per-pod set elements ([`sets`]).
-    NftablesSets,
-}
-
-impl Backend {
-    /// The config spelling, `"iptables"` or `"nftables"`.
-    pub fn parse(value: &str) -> Option<Backend> {
-        match value {
-            "iptables" => Some(Backend::Iptables),
-            "nftables" => Some(Backend::Nftables),
-            "nftables-sets" => Some(Backend::NftablesSets),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Iptables => "iptables",
-            Backend::Nftables => "nftables",
-            Backend::NftablesSets => "nftables-sets",
-        }
-    }
-
-    /// Whether this backend's tools are installed. Cheap: a PATH lookup, cached per
-    /// process, never a fork.
-    pub fn available(self) -> bool {
-        match self {
-            Backend::Iptables => iptables::available(IpFamily::V4),
-            // The sets layout needs `nft` once per node, to create its tables.
-            Backend::Nftables | Backend::NftablesSets => tools::Tool::Nft.available(),
-        }
-    }
-
-    /// The reference's default: iptables, unless iptables is unusable and nftables is.
-    pub fn detect() -> Backend {
-        if !Backend::Iptables.available() && Backend::Nftables.available() {
-            Backend::Nftables
-        } else {
-            Backend::Iptables
-        }
-    }
-}
-
-/// Resolves bridge's `ipMasqBackend`: unset → [`Backend::detect`], anything but
-/// `iptables`/`nftables` → `unknown ipmasq backend "x"`.
-pub fn select_masq_backend(configured: Option<&str>) -> Result<Backend, NatError> {
-    match configured {
-        None => Ok(Backend::detect()),
-        Some(value) => {
-            Backend::parse(value).ok_or_else(|| NatError::UnknownBackend(value.to_string()))
-        }
-    }
-}
-
-impl std::fmt::Display for IpFamily {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            IpFamily::V4 => "IPv4",
-            IpFamily::V6 => "IPv6",
-        })
-    }
-}
-
-/// IPv4 or IPv6: iptables programs them through separate tools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    pub fn of(ip: IpAddr) -> IpFamily {
-        match ip {
-            IpAddr::V4(_) => IpFamily::V4,
-            IpAddr::V6(_) => IpFamily::V6,
-        }
-    }
-
-    /// Whether the kernel has this family at all (IPv6 can be disabled at boot, and then
-    /// ip6tables fails on every call).
-    pub(crate) fn enabled(self) -> bool {
-        match self {
-            IpFamily::V4 => true,
-            IpFamily::V6 => std::path::Path::new("/proc/net/if_inet6").exists(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_config_values() {
-        assert_eq!(
-            select_masq_backend(Some("iptables")).unwrap(),
-            Backend::Iptables
-        );
-        assert_eq!(
-            select_masq_backend(Some("nftables")).unwrap(),
-            Backend::Nftables
-        );
-        assert_eq!(
-            select_masq_backend(Some("ebtables"))
-                .unwrap_err()
-                .to_string(),
-            r#"unknown ipmasq backend "ebtables""#
-        );
-        assert_eq!(select_masq_backend(None).unwrap(), Backend::detect());
-    }
-}

@@ -15,7 +15,7 @@ use std::io;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::IpFamily;
+use crate::Family;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
@@ -172,27 +172,22 @@ impl Nftnl {
     }
 
     /// Whether `table`/`chain` exists in `family`.
-    pub fn chain_exists(&mut self, family: IpFamily, table: &str, chain: &str) -> io::Result<bool> {
+    pub fn chain_exists(&mut self, family: Family, table: &str, chain: &str) -> io::Result<bool> {
         let mut attrs = Vec::new();
         push_str_attr(&mut attrs, NFTA_CHAIN_TABLE, table);
         push_str_attr(&mut attrs, NFTA_CHAIN_NAME, chain);
-        self.exists(NFT_MSG_GETCHAIN, nfproto(family), &attrs)
+        self.exists(NFT_MSG_GETCHAIN, family.nfproto(), &attrs)
     }
 
     /// Whether table `name` exists in `family`.
-    pub fn table_exists(&mut self, family: IpFamily, name: &str) -> io::Result<bool> {
+    pub fn table_exists(&mut self, family: Family, name: &str) -> io::Result<bool> {
         let mut attrs = Vec::new();
         push_str_attr(&mut attrs, NFTA_TABLE_NAME, name);
-        self.exists(NFT_MSG_GETTABLE, nfproto(family), &attrs)
+        self.exists(NFT_MSG_GETTABLE, family.nfproto(), &attrs)
     }
 
     /// The elements of `table`/`set`; empty when the set (or table) is missing.
-    pub fn elements(
-        &mut self,
-        family: IpFamily,
-        table: &str,
-        set: &str,
-    ) -> io::Result<Vec<Element>> {
+    pub fn elements(&mut self, family: Family, table: &str, set: &str) -> io::Result<Vec<Element>> {
         let mut attrs = Vec::new();
         push_str_attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, table);
         push_str_attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, set);
@@ -200,7 +195,7 @@ impl Nftnl {
         self.get(
             NFT_MSG_GETSETELEM,
             true,
-            nfproto(family),
+            family.nfproto(),
             &attrs,
             |payload| {
                 out.extend(parse_elements(payload));
@@ -213,7 +208,7 @@ impl Nftnl {
     /// lookup: its cost does not grow with the set.
     pub fn element(
         &mut self,
-        family: IpFamily,
+        family: Family,
         table: &str,
         set: &str,
         probe: &Element,
@@ -229,7 +224,7 @@ impl Nftnl {
         self.get(
             NFT_MSG_GETSETELEM,
             false,
-            nfproto(family),
+            family.nfproto(),
             &attrs,
             |payload| {
                 found = parse_elements(payload).next();
@@ -277,7 +272,7 @@ impl Nftnl {
     /// missing.
     pub fn rules(
         &mut self,
-        family: IpFamily,
+        family: Family,
         table: &str,
         chain: &str,
     ) -> io::Result<Vec<KernelRule>> {
@@ -285,7 +280,7 @@ impl Nftnl {
         push_str_attr(&mut attrs, NFTA_RULE_TABLE, table);
         push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
         let mut out = Vec::new();
-        self.get(NFT_MSG_GETRULE, true, nfproto(family), &attrs, |payload| {
+        self.get(NFT_MSG_GETRULE, true, family.nfproto(), &attrs, |payload| {
             // Kernels that ignore the dump filter send every rule: keep ours only.
             if let Some(rule) = parse_rule(payload, table, chain) {
                 out.push(rule);
@@ -297,7 +292,7 @@ impl Nftnl {
     /// One rule by its handle, or `None` when no such rule is in that chain.
     pub fn rule(
         &mut self,
-        family: IpFamily,
+        family: Family,
         table: &str,
         chain: &str,
         handle: u64,
@@ -307,14 +302,20 @@ impl Nftnl {
         push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
         push_attr(&mut attrs, NFTA_RULE_HANDLE, &handle.to_be_bytes());
         let mut found = None;
-        self.get(NFT_MSG_GETRULE, false, nfproto(family), &attrs, |payload| {
-            found = parse_rule(payload, table, chain).filter(|r| r.handle == handle);
-        })?;
+        self.get(
+            NFT_MSG_GETRULE,
+            false,
+            family.nfproto(),
+            &attrs,
+            |payload| {
+                found = parse_rule(payload, table, chain).filter(|r| r.handle == handle);
+            },
+        )?;
         Ok(found)
     }
 
     /// Applies `ops` to `table` in `family` as one transaction: all or nothing.
-    pub fn commit(&mut self, family: IpFamily, table: &str, ops: &[Op]) -> io::Result<()> {
+    pub fn commit(&mut self, family: Family, table: &str, ops: &[Op]) -> io::Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -380,7 +381,7 @@ impl Nftnl {
                     NFT_MSG_DELSETELEM
                 }
             };
-            batch.extend(message(kind, flags, seq, nfproto(family), &attrs));
+            batch.extend(message(kind, flags, seq, family.nfproto(), &attrs));
         }
         batch.extend(message(
             NFNL_MSG_BATCH_END,
@@ -493,7 +494,7 @@ pub(crate) fn with_socket<R>(f: impl FnOnce(&mut Nftnl) -> io::Result<R>) -> io:
 /// A rule some process just added, as the kernel announced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct AddedRule {
-    pub family: IpFamily,
+    pub family: Family,
     pub table: String,
     pub chain: String,
     pub rule: KernelRule,
@@ -537,8 +538,8 @@ impl Monitor {
                     continue;
                 }
                 let family = match body.first().map(|f| i32::from(*f)) {
-                    Some(libc::NFPROTO_IPV4) => IpFamily::V4,
-                    Some(libc::NFPROTO_IPV6) => IpFamily::V6,
+                    Some(libc::NFPROTO_IPV4) => Family::V4,
+                    Some(libc::NFPROTO_IPV6) => Family::V6,
                     _ => continue,
                 };
                 if let Some((table, chain, rule)) =
@@ -553,13 +554,6 @@ impl Monitor {
                 }
             }
         }
-    }
-}
-
-fn nfproto(family: IpFamily) -> u8 {
-    match family {
-        IpFamily::V4 => libc::NFPROTO_IPV4 as u8,
-        IpFamily::V6 => libc::NFPROTO_IPV6 as u8,
     }
 }
 

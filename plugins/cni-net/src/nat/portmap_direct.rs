@@ -21,8 +21,8 @@ use std::path::Path;
 use ipnetwork::IpNetwork;
 
 use super::Backend;
-use super::IpFamily;
 use super::iptables;
+use super::model::{PortMapConfig, RuleRef};
 use super::names::{
     self, HOSTPORT_DNAT_CHAIN, HOSTPORT_MASQ_CHAIN, HOSTPORT_SETMARK_CHAIN,
     NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN,
@@ -30,9 +30,9 @@ use super::names::{
 };
 use super::nftables::NftRule;
 use super::nftnl::{AddedRule, KernelRule, Nftnl, Op, expr_names};
-use super::portmap::{PortMapConfig, RuleRef};
 use super::portmap_nftnl;
 use super::tools::Tool;
+use crate::Family;
 
 /// iptables-nft keeps its nat table in nf_tables under this name.
 const IPT_NAT_TABLE: &str = "nat";
@@ -46,10 +46,10 @@ const NFT_CONTAINER_CHAINS: [&str; 3] = [
 
 /// Whether this family's iptables tools are the nf_tables flavour (whose rules we can
 /// see through netlink); iptables-legacy keeps them where only its own tools look.
-pub(crate) fn iptables_is_nft(family: IpFamily) -> bool {
+pub(crate) fn iptables_is_nft(family: Family) -> bool {
     let tools = match family {
-        IpFamily::V4 => [Tool::IptablesSave, Tool::IptablesRestore],
-        IpFamily::V6 => [Tool::Ip6tablesSave, Tool::Ip6tablesRestore],
+        Family::V4 => [Tool::IptablesSave, Tool::IptablesRestore],
+        Family::V6 => [Tool::Ip6tablesSave, Tool::Ip6tablesRestore],
     };
     tools.iter().all(|tool| {
         tool.path()
@@ -68,7 +68,7 @@ fn is_nft_multi(path: &Path) -> bool {
 /// nothing was there); `Ok(false)`: needs the general path.
 pub(crate) fn iptables_unforward(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     network: &str,
     container_id: &str,
 ) -> io::Result<bool> {
@@ -89,7 +89,7 @@ pub(crate) fn iptables_unforward(
 /// Chains of portmap before 0.7 are rare enough to leave to the general path.
 fn has_old_snat_chain(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     network: &str,
     container_id: &str,
 ) -> io::Result<bool> {
@@ -105,7 +105,7 @@ fn has_old_snat_chain(
 /// did not know of still jumps to it.
 fn remove_container(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     chain: String,
     entry_handles: &[u64],
 ) -> io::Result<()> {
@@ -130,7 +130,7 @@ fn remove_container(
 /// still be an entry of this container. `Ok(false)`: needs the dump or general path.
 pub(crate) fn iptables_unforward_known(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     network: &str,
     container_id: &str,
     known: &[RuleRef],
@@ -161,13 +161,13 @@ pub(crate) fn iptables_unforward_known(
 /// someone else (the record cannot be trusted).
 pub(crate) fn nft_known_rules(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     container_id: &str,
     known: &[RuleRef],
 ) -> io::Result<Option<Vec<NftRule>>> {
     let family_name = match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
     };
     let mut out = Vec::new();
     for r in known.iter().filter(|r| r.family == family) {
@@ -225,13 +225,13 @@ pub(crate) fn select_tracked(
         .collect();
     let expected: usize = targets
         .iter()
-        .map(|t| expected_rules(backend, config, IpFamily::of(t.ip())))
+        .map(|t| expected_rules(backend, config, Family::of(t.ip())))
         .sum();
     (picked.len() == expected).then_some(picked)
 }
 
 /// How many rules of a container [`select_tracked`] must find in one family.
-fn expected_rules(backend: Backend, config: &PortMapConfig, family: IpFamily) -> usize {
+fn expected_rules(backend: Backend, config: &PortMapConfig, family: Family) -> usize {
     match backend {
         Backend::Iptables => iptables::portmap::entry_count(config),
         Backend::Nftables => {
@@ -242,7 +242,7 @@ fn expected_rules(backend: Backend, config: &PortMapConfig, family: IpFamily) ->
                 .count();
             let masq = match (config.snat, family, config.masq_all) {
                 (false, _, _) => 0,
-                (true, IpFamily::V4, false) => 2,
+                (true, Family::V4, false) => 2,
                 (true, _, _) => 1,
             };
             dnat + masq
@@ -254,12 +254,12 @@ fn expected_rules(backend: Backend, config: &PortMapConfig, family: IpFamily) ->
 /// The container's rules in the `cni_hostport` table of `family`.
 pub(crate) fn nft_container_rules(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     container_id: &str,
 ) -> io::Result<Vec<NftRule>> {
     let family_name = match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
     };
     let mut out = Vec::new();
     for chain in NFT_CONTAINER_CHAINS {
@@ -279,11 +279,7 @@ pub(crate) fn nft_container_rules(
 }
 
 /// DEL of one container's nftables rules in one family.
-pub(crate) fn nft_unforward(
-    nl: &mut Nftnl,
-    family: IpFamily,
-    container_id: &str,
-) -> io::Result<()> {
+pub(crate) fn nft_unforward(nl: &mut Nftnl, family: Family, container_id: &str) -> io::Result<()> {
     let ops: Vec<Op> = nft_container_rules(nl, family, container_id)?
         .into_iter()
         .map(|r| Op::DeleteRule {
@@ -298,7 +294,7 @@ pub(crate) fn nft_unforward(
 /// conditions would rebuild: the regular chains, `hostports_all` jumping to both,
 /// `prerouting` and `output` each holding the one `fib daddr type local jump
 /// hostports_all` rule, and `masquerading` when `snat`.
-pub(crate) fn nft_skeleton_ready(nl: &mut Nftnl, family: IpFamily, snat: bool) -> io::Result<bool> {
+pub(crate) fn nft_skeleton_ready(nl: &mut Nftnl, family: Family, snat: bool) -> io::Result<bool> {
     let t = NFT_HOSTPORT_TABLE;
     let mut needed = vec![NFT_HOSTPORTS_CHAIN, NFT_HOSTIP_HOSTPORTS_CHAIN];
     if snat {
@@ -346,7 +342,7 @@ pub(crate) fn iptables_forward_new(
     config: &PortMapConfig,
     container: IpNetwork,
 ) -> io::Result<bool> {
-    let family = IpFamily::of(container.ip());
+    let family = Family::of(container.ip());
     let chain = names::dnat_chain(&config.network, &config.container_id);
     if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? || !skeleton_ready(nl, family, config)? {
         return Ok(false);
@@ -368,7 +364,7 @@ pub(crate) fn iptables_forward_new(
 }
 
 /// The shared chains and jumps the general path would create are all there.
-fn skeleton_ready(nl: &mut Nftnl, family: IpFamily, config: &PortMapConfig) -> io::Result<bool> {
+fn skeleton_ready(nl: &mut Nftnl, family: Family, config: &PortMapConfig) -> io::Result<bool> {
     let jumps_to = |rules: &[KernelRule], target: &str| {
         rules.iter().any(|r| r.jumps.iter().any(|j| j == target))
     };
@@ -412,7 +408,7 @@ mod tests {
     }
 
     fn added(
-        family: IpFamily,
+        family: Family,
         table: &str,
         chain: &str,
         handle: u64,
@@ -434,7 +430,7 @@ mod tests {
 
     #[test]
     fn tracking_keeps_only_this_containers_rules_and_only_when_complete() {
-        use crate::nat::portmap::{PortMapping, Proto};
+        use crate::nat::model::{PortMapping, Proto};
         let tcp = |port| PortMapping {
             host_port: port,
             container_port: 80,
@@ -448,9 +444,9 @@ mod tests {
 
         // iptables: one multiport entry per family, jumping to the container chain.
         let seen = [
-            added(IpFamily::V4, "nat", HOSTPORT_DNAT_CHAIN, 7, None, &[&chain]),
+            added(Family::V4, "nat", HOSTPORT_DNAT_CHAIN, 7, None, &[&chain]),
             added(
-                IpFamily::V4,
+                Family::V4,
                 "nat",
                 &chain,
                 8,
@@ -458,19 +454,19 @@ mod tests {
                 &[HOSTPORT_SETMARK_CHAIN],
             ),
             added(
-                IpFamily::V4,
+                Family::V4,
                 "nat",
                 HOSTPORT_DNAT_CHAIN,
                 9,
                 None,
                 &["CNI-DN-other"],
             ),
-            added(IpFamily::V6, "nat", HOSTPORT_DNAT_CHAIN, 3, None, &[&chain]),
+            added(Family::V6, "nat", HOSTPORT_DNAT_CHAIN, 3, None, &[&chain]),
         ];
         let got = select_tracked(&seen, Backend::Iptables, &config, &[v4, v6]).unwrap();
         assert_eq!(
             got.iter().map(|r| (r.family, r.handle)).collect::<Vec<_>>(),
-            [(IpFamily::V4, 7), (IpFamily::V6, 3)]
+            [(Family::V4, 7), (Family::V6, 3)]
         );
         assert_eq!(
             select_tracked(&seen[..3], Backend::Iptables, &config, &[v4, v6]),
@@ -481,13 +477,13 @@ mod tests {
         // nftables: two DNAT rules and two masquerade rules (v4) with the ID.
         let t = NFT_HOSTPORT_TABLE;
         let seen = [
-            added(IpFamily::V4, t, NFT_HOSTPORTS_CHAIN, 1, Some("c1"), &[]),
-            added(IpFamily::V4, t, NFT_HOSTPORTS_CHAIN, 2, Some("c1"), &[]),
-            added(IpFamily::V4, t, NFT_MASQUERADING_CHAIN, 3, Some("c1"), &[]),
-            added(IpFamily::V4, t, NFT_MASQUERADING_CHAIN, 4, Some("c1"), &[]),
-            added(IpFamily::V4, t, NFT_HOSTPORTS_CHAIN, 5, Some("c2"), &[]),
+            added(Family::V4, t, NFT_HOSTPORTS_CHAIN, 1, Some("c1"), &[]),
+            added(Family::V4, t, NFT_HOSTPORTS_CHAIN, 2, Some("c1"), &[]),
+            added(Family::V4, t, NFT_MASQUERADING_CHAIN, 3, Some("c1"), &[]),
+            added(Family::V4, t, NFT_MASQUERADING_CHAIN, 4, Some("c1"), &[]),
+            added(Family::V4, t, NFT_HOSTPORTS_CHAIN, 5, Some("c2"), &[]),
             added(
-                IpFamily::V4,
+                Family::V4,
                 t,
                 NFT_PREROUTING_CHAIN,
                 6,

@@ -19,15 +19,15 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::IpFamily;
 use super::masq_nftnl::{
     Field, NFT_CMP_EQ, NFT_REG_1, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_PAYLOAD_BASE,
     NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, Prefix, XT_COMMENT_INFO_LEN,
     addr_match, data_value, expr, verdict, xt_rev,
 };
+use super::model::{PortMapConfig, Proto};
 use super::names::{self, HOSTPORT_DNAT_CHAIN, HOSTPORT_SETMARK_CHAIN};
 use super::nftnl::{NFT_JUMP, Op, push_u32_attr};
-use super::portmap::{PortMapConfig, Proto};
+use crate::Family;
 
 const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
@@ -44,7 +44,7 @@ const NF_NAT_RANGE_MAP_IPS: u32 = 1;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 
 /// Whether [`ops`] can write `config` for a container of `family` byte-identically.
-pub(crate) fn supported(config: &PortMapConfig, family: IpFamily) -> bool {
+pub(crate) fn supported(config: &PortMapConfig, family: Family) -> bool {
     config.conditions(family).is_empty()
         && !config.mappings.is_empty()
         && config
@@ -145,7 +145,7 @@ fn multiport_info(ports: &[u16]) -> Vec<u8> {
 /// The batch creating the container chain, its rules and its entries, in the order of
 /// `render_new_container`. The caller has checked [`supported`].
 pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
-    let family = IpFamily::of(container.ip());
+    let family = Family::of(container.ip());
     let chain = names::dnat_chain(&config.network, &config.container_id);
     let set_mark = config
         .external_set_mark_chain
@@ -176,7 +176,7 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
             // masqAll's any-source hairpin rule carries no source match at all.
             let hairpin = (!config.masq_all).then_some(subnet);
             append(proto, chain_rule(proto, hairpin, port, mark));
-            if family == IpFamily::V4 && !config.masq_all {
+            if family == Family::V4 && !config.masq_all {
                 append(proto, chain_rule(proto, Some(localhost), port, mark));
             }
         }
@@ -224,8 +224,8 @@ mod tests {
     use super::*;
     use crate::nat::iptables::portmap::{render_forward, render_new_container};
     use crate::nat::iptables::save::{SavedTable, tokenize};
+    use crate::nat::model::fixtures::mapping as m;
     use crate::nat::nftnl::Nftnl;
-    use crate::nat::portmap::fixtures::mapping as m;
     use crate::nat::portmap_direct::iptables_is_nft;
     use crate::nat::testns::TestNs;
 
@@ -264,15 +264,15 @@ mod tests {
     /// `iptables-save` — and `iptables -C` finds each rule.
     #[test]
     fn portmap_nftnl_rules_equal_iptables_restore() {
-        if !iptables_is_nft(IpFamily::V4) || !iptables_is_nft(IpFamily::V6) {
+        if !iptables_is_nft(Family::V4) || !iptables_is_nft(Family::V6) {
             eprintln!("skipping: iptables is not the nf_tables flavour");
             return;
         }
         for (i, config) in configs().into_iter().enumerate() {
             for container in ["10.88.3.7/16", "10.99.3.7/20", "2001:db8::2/64"] {
                 let container: IpNetwork = container.parse().unwrap();
-                let family = IpFamily::of(container.ip());
-                let v6 = family == IpFamily::V6;
+                let family = Family::of(container.ip());
+                let v6 = family == Family::V6;
                 assert!(supported(&config, family));
                 let (Some(tool_ns), Some(our_ns)) =
                     (TestNs::new("pmnl-ipt"), TestNs::new("pmnl-ours"))
@@ -336,17 +336,17 @@ mod tests {
     #[test]
     fn supports_only_plain_tcp_and_udp() {
         let plain = PortMapConfig::new("n", "c", vec![m(80, 80, Proto::Tcp, None)]);
-        assert!(supported(&plain, IpFamily::V4));
+        assert!(supported(&plain, Family::V4));
         for other in [
             m(80, 80, Proto::Sctp, None),
             m(80, 80, Proto::Tcp, Some("0.0.0.0")),
         ] {
             let c = PortMapConfig::new("n", "c", vec![other]);
-            assert!(!supported(&c, IpFamily::V4));
+            assert!(!supported(&c, Family::V4));
         }
         let mut cond = plain.clone();
         cond.conditions_v6 = vec!["-s".into(), "2001:db8::/64".into()];
-        assert!(supported(&cond, IpFamily::V4));
-        assert!(!supported(&cond, IpFamily::V6));
+        assert!(supported(&cond, Family::V4));
+        assert!(!supported(&cond, Family::V6));
     }
 }

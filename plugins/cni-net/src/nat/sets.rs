@@ -32,10 +32,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
-use super::masq::Attachment;
+use super::model::Attachment;
+use super::model::{PortMapConfig, PortMapping};
+use super::nftables;
 use super::nftnl::{self, Element, Nftnl, Op};
-use super::portmap::{PortMapConfig, PortMapping};
-use super::{IpFamily, nftables};
+use crate::Family;
 
 pub const MASQ_TABLE: &str = "cni_rs_masquerade";
 pub const HOSTPORT_TABLE: &str = "cni_rs_hostport";
@@ -51,26 +52,26 @@ const HOSTPORT_SETS: [&str; 3] = [DNAT_IP_MAP, DNAT_ANY_MAP, MASQ_SET];
 /// Longest owner comment we write; the kernel's limit on user data is 256 bytes.
 const MAX_COMMENT: usize = 200;
 
-fn family_word(family: IpFamily) -> &'static str {
+fn family_word(family: Family) -> &'static str {
     match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
     }
 }
 
-fn addr_type(family: IpFamily) -> &'static str {
+fn addr_type(family: Family) -> &'static str {
     match family {
-        IpFamily::V4 => "ipv4_addr",
-        IpFamily::V6 => "ipv6_addr",
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
     }
 }
 
 /// The rules and sets of the ipMasq table, created once per node.
-pub(crate) fn masq_skeleton(family: IpFamily) -> String {
+pub(crate) fn masq_skeleton(family: Family) -> String {
     let (fam, addr) = (family_word(family), addr_type(family));
     let multicast = match family {
-        IpFamily::V4 => "224.0.0.0/4",
-        IpFamily::V6 => "ff00::/8",
+        Family::V4 => "224.0.0.0/4",
+        Family::V6 => "ff00::/8",
     };
     format!(
         "table {fam} {MASQ_TABLE} {{\n\
@@ -86,7 +87,7 @@ pub(crate) fn masq_skeleton(family: IpFamily) -> String {
 }
 
 /// The rules and maps of the host-port table, created once per node.
-pub(crate) fn hostport_skeleton(family: IpFamily) -> String {
+pub(crate) fn hostport_skeleton(family: Family) -> String {
     let (fam, addr) = (family_word(family), addr_type(family));
     let entry = "fib daddr type local jump hostports";
     format!(
@@ -172,12 +173,12 @@ fn check_comment(comment: &str) -> Result<(), NatError> {
 
 /// The ipMasq elements of the container's addresses of `family`.
 fn masq_elements(
-    family: IpFamily,
+    family: Family,
     nets: &[IpNetwork],
     comment: &str,
 ) -> Vec<(&'static str, Element)> {
     let mut out = Vec::new();
-    for net in nets.iter().filter(|n| IpFamily::of(n.ip()) == family) {
+    for net in nets.iter().filter(|n| Family::of(n.ip()) == family) {
         let ip = addr_bytes(net.ip());
         let key = |first: IpAddr| [ip.clone(), addr_bytes(first)].concat();
         out.push((
@@ -207,7 +208,7 @@ fn hostport_elements(
     target: IpNetwork,
     comment: &str,
 ) -> Vec<(&'static str, Element)> {
-    let family = IpFamily::of(target.ip());
+    let family = Family::of(target.ip());
     let pod = addr_bytes(target.ip());
     let mut out = Vec::new();
     for m in config.mappings.iter().filter(|m| m.applies_to(family)) {
@@ -229,7 +230,7 @@ fn hostport_elements(
     }
     if config.snat && !out.is_empty() {
         let mut sources = vec![target.ip()];
-        if family == IpFamily::V4 {
+        if family == Family::V4 {
             sources.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
         for source in sources {
@@ -250,7 +251,7 @@ fn hostport_elements(
 /// two of our processes never both create it.
 fn ensure_table(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     table: &'static str,
     skeleton: &str,
 ) -> Result<(), NatError> {
@@ -287,7 +288,7 @@ const EXPIRE_MS: u64 = 1;
 /// The container's elements of `sets` (by `owned` on their comment).
 fn owned_elements(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     table: &'static str,
     sets: &[&'static str],
     owned: impl Fn(&str) -> bool,
@@ -320,7 +321,7 @@ fn owned_elements(
 /// it. Both are detected, and what is left is deleted the classic way.
 fn expire(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     table: &'static str,
     doomed: Vec<(&'static str, Element)>,
 ) -> Result<(), NatError> {
@@ -361,7 +362,7 @@ fn expire(
 /// without a timeout, or it outlived [`EXPIRY_WAIT`].
 fn expired(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     table: &'static str,
     doomed: &[(&'static str, Element)],
 ) -> Result<bool, NatError> {
@@ -394,7 +395,7 @@ const EXPIRY_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 #[allow(clippy::too_many_arguments)]
 fn install(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     table: &'static str,
     sets: &[&'static str],
     addressed: &[&'static str],
@@ -440,7 +441,7 @@ const ATTEMPTS: usize = 20;
 /// element changes nothing), and deleting it can race its expiry.
 fn install_ops(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     table: &'static str,
     addressed: &[&'static str],
     comment: &str,
@@ -495,8 +496,8 @@ pub(crate) fn masq_setup(
 }
 
 fn masq_setup_with(nl: &mut Nftnl, comment: &str, ips: &[IpNetwork]) -> Result<(), NatError> {
-    for family in [IpFamily::V4, IpFamily::V6] {
-        if !ips.iter().any(|n| IpFamily::of(n.ip()) == family) {
+    for family in [Family::V4, Family::V6] {
+        if !ips.iter().any(|n| Family::of(n.ip()) == family) {
             continue;
         }
         ensure_table(nl, family, MASQ_TABLE, &masq_skeleton(family))?;
@@ -529,7 +530,7 @@ pub(crate) fn masq_teardown(
     // A family without addresses has no probes; a missing table answers every look-up
     // with "no such element".
     with_nl(|nl| {
-        for family in [IpFamily::V4, IpFamily::V6] {
+        for family in [Family::V4, Family::V6] {
             let probes = masq_elements(family, addresses, &comment);
             let doomed = owned_among(nl, family, MASQ_TABLE, probes, &comment)?;
             expire(nl, family, MASQ_TABLE, doomed)?;
@@ -542,7 +543,7 @@ pub(crate) fn masq_teardown(
 /// already, as the kernel holds them.
 fn owned_among(
     nl: &mut Nftnl,
-    family: IpFamily,
+    family: Family,
     table: &'static str,
     probes: Vec<(&'static str, Element)>,
     comment: &str,
@@ -580,10 +581,7 @@ fn sweep(
     owned: impl Fn(&str) -> bool,
 ) -> Result<(), NatError> {
     with_nl(|nl| {
-        for family in [IpFamily::V4, IpFamily::V6]
-            .into_iter()
-            .filter(|f| f.enabled())
-        {
+        for family in [Family::V4, Family::V6].into_iter().filter(|f| f.enabled()) {
             let doomed = owned_elements(nl, family, table, sets, &owned)?;
             expire(nl, family, table, doomed)?;
         }
@@ -594,7 +592,7 @@ fn sweep(
 /// Whether any family has the table: lets the other layouts' DEL skip us cheaply.
 pub(crate) fn table_may_exist(table: &str) -> bool {
     with_nl(|nl| {
-        Ok([IpFamily::V4, IpFamily::V6]
+        Ok([Family::V4, Family::V6]
             .into_iter()
             .any(|f| f.enabled() && nl.table_exists(f, table).unwrap_or(true)))
     })
@@ -613,7 +611,7 @@ pub(crate) fn hostport_forward(
     check_comment(&comment)?;
     with_nl(|nl| {
         for &target in targets {
-            let family = IpFamily::of(target.ip());
+            let family = Family::of(target.ip());
             ensure_table(nl, family, HOSTPORT_TABLE, &hostport_skeleton(family))?;
             let wanted = hostport_elements(config, target, &comment);
             install(
@@ -651,7 +649,7 @@ pub(crate) fn hostport_unforward(
     with_nl(|nl| {
         // A missing table answers every look-up with "no such element".
         for &target in targets {
-            let family = IpFamily::of(target.ip());
+            let family = Family::of(target.ip());
             let probes = hostport_elements(&config, target, &comment);
             let doomed = owned_among(nl, family, HOSTPORT_TABLE, probes, &comment)?;
             expire(nl, family, HOSTPORT_TABLE, doomed)?;
@@ -668,7 +666,7 @@ pub(crate) fn hostport_check(
     let comment = hostport_comment(&config.network, &config.container_id);
     with_nl(|nl| {
         for &target in targets {
-            let family = IpFamily::of(target.ip());
+            let family = Family::of(target.ip());
             for (set, wanted) in hostport_elements(config, target, &comment) {
                 // An expiring entry is a DEL's, not this container's mapping.
                 let present = nl
@@ -696,7 +694,7 @@ fn describe(config: &PortMapConfig, target: IpNetwork) -> String {
     let ports: Vec<String> = config
         .mappings
         .iter()
-        .filter(|m| m.applies_to(IpFamily::of(target.ip())))
+        .filter(|m| m.applies_to(Family::of(target.ip())))
         .map(|m: &PortMapping| format!("{}/{}", m.protocol.as_str(), m.host_port))
         .collect();
     format!("{} ({})", target.ip(), ports.join(", "))
@@ -705,15 +703,15 @@ fn describe(config: &PortMapConfig, target: IpNetwork) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::portmap::Proto;
+    use crate::nat::model::Proto;
 
     #[test]
     fn skeletons_name_the_sets_the_elements_go_to() {
-        let v4 = hostport_skeleton(IpFamily::V4);
+        let v4 = hostport_skeleton(Family::V4);
         assert!(v4.starts_with("table ip cni_rs_hostport {"));
         assert!(v4.contains("dnat ip to ip daddr . meta l4proto . th dport map @dnat_ip"));
         assert!(v4.contains("ct status dnat ip saddr . ip daddr @masq masquerade"));
-        let v6 = masq_skeleton(IpFamily::V6);
+        let v6 = masq_skeleton(Family::V6);
         assert!(v6.contains("set local { type ipv6_addr . ipv6_addr; flags interval,timeout; }"));
         assert!(v6.contains("ip6 daddr != ff00::/8 masquerade"));
     }
@@ -743,7 +741,7 @@ mod tests {
         assert_eq!(elems[1].1.key, [10, 244, 1, 5, 10, 244, 1, 5]);
         assert_eq!(elems[2].1.key, [127, 0, 0, 1, 10, 244, 1, 5]);
 
-        let masq = masq_elements(IpFamily::V4, &[target], "n c eth0");
+        let masq = masq_elements(Family::V4, &[target], "n c eth0");
         assert_eq!(masq[1].1.key, [10, 244, 1, 5, 10, 244, 1, 0]);
         assert_eq!(
             masq[1].1.key_end.as_deref(),

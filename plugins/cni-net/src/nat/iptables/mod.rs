@@ -6,9 +6,9 @@ pub(crate) mod portmap;
 pub(crate) mod restore;
 pub(crate) mod save;
 
-use super::IpFamily;
 use super::error::NatError;
 use super::tools::{self, Tool};
+use crate::Family;
 use restore::Script;
 use save::SavedTable;
 
@@ -18,31 +18,31 @@ use save::SavedTable;
 /// cost one round, hence a handful of attempts with a short, growing pause.
 const ATTEMPTS: u64 = 8;
 
-fn save_tool(family: IpFamily) -> Tool {
+fn save_tool(family: Family) -> Tool {
     match family {
-        IpFamily::V4 => Tool::IptablesSave,
-        IpFamily::V6 => Tool::Ip6tablesSave,
+        Family::V4 => Tool::IptablesSave,
+        Family::V6 => Tool::Ip6tablesSave,
     }
 }
 
-fn restore_tool(family: IpFamily) -> Tool {
+fn restore_tool(family: Family) -> Tool {
     match family {
-        IpFamily::V4 => Tool::IptablesRestore,
-        IpFamily::V6 => Tool::Ip6tablesRestore,
+        Family::V4 => Tool::IptablesRestore,
+        Family::V6 => Tool::Ip6tablesRestore,
     }
 }
 
 /// Both save and restore for this family are installed.
-pub(crate) fn available(family: IpFamily) -> bool {
+pub(crate) fn available(family: Family) -> bool {
     save_tool(family).available() && restore_tool(family).available()
 }
 
-pub(crate) fn save_nat(family: IpFamily) -> Result<SavedTable, NatError> {
+pub(crate) fn save_nat(family: Family) -> Result<SavedTable, NatError> {
     let text = tools::run(save_tool(family), &["-t", "nat"], None)?;
     SavedTable::parse(&text, "nat")
 }
 
-pub(crate) fn restore(family: IpFamily, script: &Script) -> Result<(), NatError> {
+pub(crate) fn restore(family: Family, script: &Script) -> Result<(), NatError> {
     tools::run(
         restore_tool(family),
         &["-w", "--noflush"],
@@ -53,7 +53,7 @@ pub(crate) fn restore(family: IpFamily, script: &Script) -> Result<(), NatError>
 
 /// One read-modify-commit: `decide` sees the current nat table and returns the script
 /// to commit, or `None` when the table is already as wanted. The caller holds the lock.
-pub(crate) fn transact<F>(family: IpFamily, mut decide: F) -> Result<(), NatError>
+pub(crate) fn transact<F>(family: Family, mut decide: F) -> Result<(), NatError>
 where
     F: FnMut(&SavedTable) -> Option<Script>,
 {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{NftRule, list_chain, list_table_doc, parse_rules_doc, quote, transact};
 use crate::nat::error::NatError;
-use crate::nat::masq::Attachment;
+use crate::nat::model::Attachment;
 use crate::nat::names::{
     self, NFT_MASQ_CHAIN, NFT_MASQ_CHAIN_COMMENT, NFT_MASQ_POSTROUTING_CHAIN, NFT_MASQ_TABLE,
     NFT_MASQ_TABLE_COMMENT,

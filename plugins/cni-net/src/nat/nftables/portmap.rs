@@ -7,21 +7,21 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::{NftRule, list_table, quote, transact};
-use crate::nat::IpFamily;
+use crate::Family;
 use crate::nat::error::NatError;
+use crate::nat::model::{PortMapConfig, RuleRef};
 use crate::nat::names::{
     NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORT_TABLE_COMMENT,
     NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN, NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN,
     NFT_PREROUTING_CHAIN,
 };
 use crate::nat::nftnl;
-use crate::nat::portmap::{PortMapConfig, RuleRef};
 use crate::nat::portmap_direct;
 
-fn family_name(family: IpFamily) -> &'static str {
+fn family_name(family: Family) -> &'static str {
     match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
     }
 }
 
@@ -68,7 +68,7 @@ fn render(
     container: IpNetwork,
     with_skeleton: bool,
 ) -> String {
-    let family = IpFamily::of(container.ip());
+    let family = Family::of(container.ip());
     let ip_x = family_name(family);
     let t = format!("{ip_x} {NFT_HOSTPORT_TABLE}");
     let comment = quote(&config.container_id);
@@ -133,13 +133,13 @@ fn render(
         let ip = container.ip();
         let source = match (config.masq_all, family) {
             (false, _) => ip.to_string(),
-            (true, IpFamily::V4) => "0.0.0.0/0".to_string(),
-            (true, IpFamily::V6) => "::/0".to_string(),
+            (true, Family::V4) => "0.0.0.0/0".to_string(),
+            (true, Family::V6) => "::/0".to_string(),
         };
         line(format!(
             "add rule {t} {NFT_MASQUERADING_CHAIN} {ip_x} saddr {source} {ip_x} daddr {ip} masquerade comment {comment}"
         ));
-        if family == IpFamily::V4 && !config.masq_all {
+        if family == Family::V4 && !config.masq_all {
             line(format!(
                 "add rule {t} {NFT_MASQUERADING_CHAIN} {ip_x} saddr 127.0.0.1 {ip_x} daddr {ip} masquerade comment {comment}"
             ));
@@ -158,7 +158,7 @@ pub(crate) fn forward(
     transact(|| {
         let mut script = String::new();
         for target in targets {
-            let ip_family = IpFamily::of(target.ip());
+            let ip_family = Family::of(target.ip());
             let family = family_name(ip_family);
             // The kernel lists just the container's chains (or, with a record, just
             // its recorded rules), far cheaper than `nft -j` printing the whole table;
@@ -203,7 +203,7 @@ pub(crate) fn render_unforward(rules: &[NftRule], container_id: &str) -> Option<
 pub(crate) fn unforward(container_id: &str) -> Result<(), NatError> {
     transact(|| {
         let mut rules = list_table("ip", NFT_HOSTPORT_TABLE)?;
-        if IpFamily::V6.enabled() {
+        if Family::V6.enabled() {
             rules.extend(list_table("ip6", NFT_HOSTPORT_TABLE)?);
         }
         Ok(render_unforward(&rules, container_id))
@@ -214,7 +214,7 @@ pub(crate) fn unforward(container_id: &str) -> Result<(), NatError> {
 pub(crate) fn check_rules(
     rules: &[NftRule],
     config: &PortMapConfig,
-    family: IpFamily,
+    family: Family,
 ) -> Result<(), NatError> {
     let host_ports = config
         .mappings
@@ -223,7 +223,7 @@ pub(crate) fn check_rules(
         .count();
     let masquerades = match (config.snat, family, config.masq_all) {
         (false, _, _) => 0,
-        (true, IpFamily::V4, false) => 2,
+        (true, Family::V4, false) => 2,
         (true, _, _) => 1,
     };
     for (chain, want) in [
@@ -248,7 +248,7 @@ pub(crate) fn check_rules(
 
 pub(crate) fn check(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(), NatError> {
     for target in targets {
-        let family = IpFamily::of(target.ip());
+        let family = Family::of(target.ip());
         let rules = list_table(family_name(family), NFT_HOSTPORT_TABLE)?;
         check_rules(&rules, config, family)?;
     }
@@ -258,8 +258,8 @@ pub(crate) fn check(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::portmap::Proto;
-    use crate::nat::portmap::fixtures::{mapping as m, reference_mappings};
+    use crate::nat::model::Proto;
+    use crate::nat::model::fixtures::{mapping as m, reference_mappings};
 
     /// portmap_nftables_test.go's configuration.
     fn reference_config() -> PortMapConfig {
@@ -378,13 +378,13 @@ add rule ip6 cni_hostport hostports tcp dport 8086 dnat to [2001:db8::2]:86 comm
     fn check_counts_rules_like_the_reference() {
         let config = PortMapConfig::new("test", "c1", vec![m(8080, 80, Proto::Tcp, None)]);
         let mut rules = vec![nft_rule("ip", "hostports", 1, Some("c1"))];
-        let err = check_rules(&rules, &config, IpFamily::V4).unwrap_err();
+        let err = check_rules(&rules, &config, Family::V4).unwrap_err();
         assert_eq!(
             err.to_string(),
             "missing hostport rules in \"masquerading\" chain"
         );
         rules.push(nft_rule("ip", "masquerading", 2, Some("c1")));
         rules.push(nft_rule("ip", "masquerading", 3, Some("c1")));
-        check_rules(&rules, &config, IpFamily::V4).unwrap();
+        check_rules(&rules, &config, Family::V4).unwrap();
     }
 }
