@@ -6,6 +6,7 @@ pub mod family;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
+pub(crate) mod nftnl;
 pub mod sysctl;
 
 pub use error::Error;

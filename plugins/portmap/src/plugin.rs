@@ -209,7 +209,7 @@ fn flush_udp(mappings: &[PortMapping], family: IpFamily) {
     if !mappings.iter().any(|m| m.protocol == Proto::Udp) {
         return;
     }
-    if let Err(e) = nat::conntrack::flush_udp_host_ports(mappings, family) {
+    if let Err(e) = nat::flush_udp_host_ports(mappings, family) {
         eprintln!("portmap: failed to delete stale UDP conntrack entries: {e}");
     }
 }

@@ -564,16 +564,14 @@ fn conntrack_flush_deletes_only_matching_udp_entries() {
         host_ip: Some("192.168.0.3".parse().unwrap()),
     }];
     let n = ns
-        .run(|| conntrack::flush_udp_host_ports(&specific, Family::V4))
+        .run(|| flush_udp_host_ports(&specific, Family::V4))
         .unwrap();
     assert_eq!(n, 1);
     let any = [PortMapping {
         host_ip: None,
         ..specific[0]
     }];
-    let n = ns
-        .run(|| conntrack::flush_udp_host_ports(&any, Family::V4))
-        .unwrap();
+    let n = ns.run(|| flush_udp_host_ports(&any, Family::V4)).unwrap();
     assert_eq!(n, 1);
     let after = list();
     assert_eq!(after.lines().count(), 2, "{after}");
@@ -581,9 +579,7 @@ fn conntrack_flush_deletes_only_matching_udp_entries() {
         after.contains("dport=8081") && after.contains("tcp"),
         "{after}"
     );
-    let n = ns
-        .run(|| conntrack::flush_udp_host_ports(&any, Family::V4))
-        .unwrap();
+    let n = ns.run(|| flush_udp_host_ports(&any, Family::V4)).unwrap();
     assert_eq!(n, 0);
 }
 

@@ -7,9 +7,9 @@ use ipnetwork::IpNetwork;
 
 use super::error::NatError;
 use super::model::Attachment;
-use super::nftnl::{self, Nftnl};
 use super::{Backend, iptables, masq_direct, masq_nftnl, names, nftables, sets, tools};
 use crate::Family;
+use crate::nftnl::{self, Nftnl};
 
 /// Installs masquerading for `ips` of the container. Idempotent: the container's rules
 /// are replaced, and nothing is committed when they are already right.

@@ -21,9 +21,9 @@ use ipnetwork::IpNetwork;
 
 use super::iptables::{self, restore::Script};
 use super::names;
-use super::nftnl::{Nftnl, Op};
 use super::portmap_direct::iptables_is_nft;
 use crate::Family;
+use crate::nftnl::{Nftnl, Op};
 
 /// iptables-nft keeps its nat table in nf_tables under this name.
 const IPT_NAT_TABLE: &str = "nat";

@@ -35,16 +35,14 @@
 //! the saved table; nftables rules are found by their comments.
 
 mod backend;
-pub mod conntrack;
-mod error;
+pub(crate) mod error;
 mod iptables;
 pub mod masq;
 mod masq_direct;
 mod masq_nftnl;
-mod model;
+pub(crate) mod model;
 pub mod names;
 mod nftables;
-mod nftnl;
 pub mod portmap;
 mod portmap_direct;
 mod portmap_nftnl;
@@ -63,7 +61,7 @@ pub use error::NatError;
 pub use masq::{gc_masq, setup_masq, teardown_masq};
 pub use model::{Attachment, PortMapConfig, PortMapping, Proto, RuleRef};
 pub use portmap::{
-    check_ports, forward_ports, forward_ports_tracked, unforward_ports, unforward_ports_installed,
-    unforward_ports_tracked,
+    check_ports, flush_udp_host_ports, forward_ports, forward_ports_tracked, unforward_ports,
+    unforward_ports_installed, unforward_ports_tracked,
 };
 pub use tools::LOCK_PATH;

@@ -22,6 +22,14 @@ pub const OLD_HOSTPORT_SNAT_CHAIN: &str = "CNI-HOSTPORT-SNAT";
 pub const SETMARK_COMMENT: &str = "CNI portfwd masquerade mark";
 /// Comment on the `POSTROUTING` jump to `CNI-HOSTPORT-MASQ`.
 pub const MASQ_JUMP_COMMENT: &str = "CNI portfwd requiring masquerade";
+/// iptables-nft keeps its nat table in nf_tables under this name.
+pub const IPT_NAT_TABLE: &str = "nat";
+/// Where the reference (and we) jump to a container's masquerading chain from, and
+/// where `CNI-HOSTPORT-MASQ` is entered.
+pub const POSTROUTING: &str = "POSTROUTING";
+/// Where `CNI-HOSTPORT-DNAT` is entered from, for forwarded and local traffic.
+pub const PREROUTING: &str = "PREROUTING";
+pub const OUTPUT: &str = "OUTPUT";
 /// portmap's default `markMasqBit`.
 pub const DEFAULT_MARK_MASQ_BIT: u8 = 13;
 

@@ -15,10 +15,11 @@
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
-use super::model::{PortMapConfig, PortMapping, RuleRef, per_family};
-use super::nftnl::{self, Monitor, Nftnl, Op};
+use super::model::{PortMapConfig, PortMapping, Proto, RuleRef, per_family};
 use super::{Backend, iptables, names, nftables, portmap_direct, sets, tools};
 use crate::Family;
+use crate::nftnl::conntrack::{DstFilter, delete_matching};
+use crate::nftnl::{self, Monitor, Nftnl, Op};
 
 /// Installs the mappings of `config` towards `container_ips` (the first address of
 /// each family is used). Idempotent: a repeated call replaces the container's rules.
@@ -304,5 +305,41 @@ fn unforward_locked(
                 e.context(|| format!("tear down port mappings (nftables) for {container_id}"))
             })
         }
+    }
+}
+
+/// Deletes the UDP entries towards the host ports of `mappings` that apply to `family`
+/// (a mapping with a specific host IP only flushes that destination). Returns how many
+/// entries were deleted.
+pub fn flush_udp_host_ports(mappings: &[PortMapping], family: Family) -> Result<usize, NatError> {
+    let filters: Vec<DstFilter> = mappings
+        .iter()
+        .filter(|m| m.protocol == Proto::Udp && m.applies_to(family))
+        .map(|m| DstFilter {
+            family,
+            protocol: Proto::Udp,
+            port: m.host_port,
+            address: m.dest_ip(),
+        })
+        .collect();
+    delete_matching(family, &filters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::model::Proto;
+
+    #[test]
+    fn udp_flush_only_covers_udp_mappings_of_the_family() {
+        let m = |proto, ip: Option<&str>| PortMapping {
+            host_port: 53,
+            container_port: 53,
+            protocol: proto,
+            host_ip: ip.map(|s| s.parse().unwrap()),
+        };
+        // No UDP mapping for IPv6: returns before opening any socket.
+        let mappings = [m(Proto::Tcp, None), m(Proto::Udp, Some("10.0.0.1"))];
+        assert_eq!(flush_udp_host_ports(&mappings, Family::V6).unwrap(), 0);
     }
 }

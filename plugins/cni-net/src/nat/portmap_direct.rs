@@ -29,10 +29,10 @@ use super::names::{
     NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN, NFT_PREROUTING_CHAIN,
 };
 use super::nftables::NftRule;
-use super::nftnl::{AddedRule, KernelRule, Nftnl, Op, expr_names};
 use super::portmap_nftnl;
 use super::tools::Tool;
 use crate::Family;
+use crate::nftnl::{AddedRule, KernelRule, Nftnl, Op, expr_names};
 
 /// iptables-nft keeps its nat table in nf_tables under this name.
 const IPT_NAT_TABLE: &str = "nat";

@@ -19,20 +19,14 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::masq_nftnl::{
-    Field, NFT_CMP_EQ, NFT_REG_1, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_PAYLOAD_BASE,
-    NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, Prefix, XT_COMMENT_INFO_LEN,
-    addr_match, data_value, expr, verdict, xt_rev,
-};
 use super::model::{PortMapConfig, Proto};
 use super::names::{self, HOSTPORT_DNAT_CHAIN, HOSTPORT_SETMARK_CHAIN};
-use super::nftnl::{NFT_JUMP, Op, push_u32_attr};
 use crate::Family;
+use crate::nftnl::Op;
+use crate::nftnl::expr::{
+    Field, NFT_JUMP, Prefix, addr_match, comment, counter, dport, l4proto, verdict, xt_rev,
+};
 
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFT_META_L4PROTO: u32 = 16;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 /// multiport accepts at most 15 ports per rule (as `iptables::portmap` groups them).
 const MULTIPORT_MAX: usize = 15;
 /// `struct xt_multiport_v1`, padded to `XT_ALIGN`.
@@ -53,47 +47,6 @@ pub(crate) fn supported(config: &PortMapConfig, family: Family) -> bool {
             .all(|m| m.host_ip.is_none() && matches!(m.protocol, Proto::Tcp | Proto::Udp))
 }
 
-fn protocol_number(proto: Proto) -> u8 {
-    match proto {
-        Proto::Tcp => 6,
-        Proto::Udp => 17,
-        Proto::Sctp => 132,
-    }
-}
-
-/// `-p PROTO`: iptables-nft matches the layer 4 protocol natively.
-fn l4proto(out: &mut Vec<u8>, proto: Proto) {
-    expr(out, "meta", |d| {
-        push_u32_attr(d, NFTA_META_KEY, NFT_META_L4PROTO);
-        push_u32_attr(d, NFTA_META_DREG, NFT_REG_1);
-    });
-    cmp_eq(out, &[protocol_number(proto)]);
-}
-
-fn cmp_eq(out: &mut Vec<u8>, data: &[u8]) {
-    expr(out, "cmp", |d| {
-        push_u32_attr(d, NFTA_CMP_SREG, NFT_REG_1);
-        push_u32_attr(d, NFTA_CMP_OP, NFT_CMP_EQ);
-        data_value(d, NFTA_CMP_DATA, data);
-    });
-}
-
-/// `-m tcp|udp --dport N`: a native load of the transport header's destination port.
-fn dport(out: &mut Vec<u8>, port: u16) {
-    expr(out, "payload", |d| {
-        push_u32_attr(d, NFTA_PAYLOAD_DREG, NFT_REG_1);
-        push_u32_attr(d, NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
-        push_u32_attr(d, NFTA_PAYLOAD_OFFSET, 2);
-        push_u32_attr(d, NFTA_PAYLOAD_LEN, 2);
-    });
-    cmp_eq(out, &port.to_be_bytes());
-}
-
-fn counter(out: &mut Vec<u8>) {
-    // iptables-nft counts every rule; `counter` without attributes starts at zero.
-    expr(out, "counter", |_| {});
-}
-
 /// One hairpin/localhost mark rule or DNAT rule of the container chain.
 fn chain_rule(
     proto: Proto,
@@ -102,7 +55,7 @@ fn chain_rule(
     then: impl FnOnce(&mut Vec<u8>),
 ) -> Vec<u8> {
     let mut out = Vec::new();
-    l4proto(&mut out, proto);
+    l4proto(&mut out, proto.number());
     if let Some(prefix) = source {
         addr_match(&mut out, Field::Source, &prefix, false);
     }
@@ -166,7 +119,7 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
         ops.push(Op::AppendRule {
             chain: chain.clone(),
             exprs,
-            compat_proto: Some(protocol_number(proto)),
+            compat_proto: Some(proto.number()),
         })
     };
     for m in config.mappings.iter().filter(|m| m.applies_to(family)) {
@@ -188,10 +141,7 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
             }),
         );
     }
-    let comment = names::dnat_comment(&config.network, &config.container_id);
-    let mut comment_info = comment.as_bytes().to_vec();
-    comment_info.truncate(XT_COMMENT_INFO_LEN - 1);
-    comment_info.resize(XT_COMMENT_INFO_LEN, 0);
+    let dnat_comment = names::dnat_comment(&config.network, &config.container_id);
     let mut protos: Vec<Proto> = config.mappings.iter().map(|m| m.protocol).collect();
     protos.sort();
     protos.dedup();
@@ -204,15 +154,15 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
             .collect();
         for group in ports.chunks(MULTIPORT_MAX) {
             let mut out = Vec::new();
-            l4proto(&mut out, proto);
-            xt_rev(&mut out, "match", "comment", 0, &comment_info);
+            l4proto(&mut out, proto.number());
+            comment(&mut out, &dnat_comment);
             xt_rev(&mut out, "match", "multiport", 1, &multiport_info(group));
             counter(&mut out);
             verdict(&mut out, NFT_JUMP, Some(&chain));
             ops.push(Op::AppendRule {
                 chain: HOSTPORT_DNAT_CHAIN.to_string(),
                 exprs: out,
-                compat_proto: Some(protocol_number(proto)),
+                compat_proto: Some(proto.number()),
             });
         }
     }
@@ -225,9 +175,9 @@ mod tests {
     use crate::nat::iptables::portmap::{render_forward, render_new_container};
     use crate::nat::iptables::save::{SavedTable, tokenize};
     use crate::nat::model::fixtures::mapping as m;
-    use crate::nat::nftnl::Nftnl;
     use crate::nat::portmap_direct::iptables_is_nft;
     use crate::nat::testns::TestNs;
+    use crate::nftnl::Nftnl;
 
     const EMPTY: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
 

@@ -35,8 +35,8 @@ use super::error::NatError;
 use super::model::Attachment;
 use super::model::{PortMapConfig, PortMapping};
 use super::nftables;
-use super::nftnl::{self, Element, Nftnl, Op};
 use crate::Family;
+use crate::nftnl::{self, Element, Nftnl, Op};
 
 pub const MASQ_TABLE: &str = "cni_rs_masquerade";
 pub const HOSTPORT_TABLE: &str = "cni_rs_hostport";

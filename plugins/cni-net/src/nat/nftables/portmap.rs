@@ -15,8 +15,8 @@ use crate::nat::names::{
     NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN, NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN,
     NFT_PREROUTING_CHAIN,
 };
-use crate::nat::nftnl;
 use crate::nat::portmap_direct;
+use crate::nftnl;
 
 fn family_name(family: Family) -> &'static str {
     match family {
