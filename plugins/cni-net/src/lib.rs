@@ -8,6 +8,7 @@ pub mod netlink;
 pub mod netns;
 pub(crate) mod nftnl;
 pub mod sysctl;
+pub mod tools;
 
 pub use error::Error;
 pub use family::Family;

@@ -1,8 +1,9 @@
 //! Which firewall layout programs the rules, and how the configs name them.
 
 use super::error::NatError;
-use super::{iptables, tools};
+use super::iptables;
 use crate::Family;
+use crate::tools;
 
 /// Which firewall API programs the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

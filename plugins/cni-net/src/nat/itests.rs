@@ -651,8 +651,8 @@ fn masq_sets_layout_is_elements_under_fixed_rules() {
         ns.run(|| teardown_masq("test", "eth0", "5678", Some(&other)))
             .unwrap();
     }
-    assert!(nft_elements(&ns, "ip", sets::MASQ_TABLE, "pods").is_empty());
-    assert!(nft_elements(&ns, "ip", sets::MASQ_TABLE, "local").is_empty());
+    assert!(nft_elements(&ns, "ip", names::SETS_MASQ_TABLE, "pods").is_empty());
+    assert!(nft_elements(&ns, "ip", names::SETS_MASQ_TABLE, "local").is_empty());
 }
 
 #[test]
@@ -680,31 +680,31 @@ fn portmap_sets_layout_add_check_conflict_del() {
     }
     ns.run(|| check_ports(Backend::NftablesSets, &config, &ips))
         .unwrap();
-    let any4 = nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "dnat_any");
+    let any4 = nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "dnat_any");
     assert_eq!(any4.len(), 1, "{any4:?}");
     assert!(
         any4[0].contains("8080") && any4[0].contains("10.88.0.2"),
         "{any4:?}"
     );
     assert!(any4[0].contains("test 1234"), "{any4:?}");
-    let by_ip = nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "dnat_ip");
+    let by_ip = nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "dnat_ip");
     assert!(
         by_ip.len() == 1 && by_ip[0].contains("192.168.7.1"),
         "{by_ip:?}"
     );
     // The IPv4 host IP keeps that mapping out of IPv6.
     assert_eq!(
-        nft_elements(&ns, "ip6", sets::HOSTPORT_TABLE, "dnat_any").len(),
+        nft_elements(&ns, "ip6", names::SETS_HOSTPORT_TABLE, "dnat_any").len(),
         1
     );
-    assert!(nft_elements(&ns, "ip6", sets::HOSTPORT_TABLE, "dnat_ip").is_empty());
+    assert!(nft_elements(&ns, "ip6", names::SETS_HOSTPORT_TABLE, "dnat_ip").is_empty());
     // Hairpin and localhost for IPv4, hairpin only for IPv6.
     assert_eq!(
-        nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "masq").len(),
+        nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "masq").len(),
         2
     );
     assert_eq!(
-        nft_elements(&ns, "ip6", sets::HOSTPORT_TABLE, "masq").len(),
+        nft_elements(&ns, "ip6", names::SETS_HOSTPORT_TABLE, "masq").len(),
         1
     );
 
@@ -721,9 +721,9 @@ fn portmap_sets_layout_add_check_conflict_del() {
     config.mappings = vec![tcp(9090, 90)];
     ns.run(|| forward_ports(Backend::NftablesSets, &config, &ips))
         .unwrap();
-    let any4 = nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "dnat_any");
+    let any4 = nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "dnat_any");
     assert!(any4.len() == 1 && any4[0].contains("9090"), "{any4:?}");
-    assert!(nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "dnat_ip").is_empty());
+    assert!(nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "dnat_ip").is_empty());
 
     // DEL needs neither mappings nor addresses, under any configured backend.
     ns.run(|| unforward_ports(Backend::Iptables, "test", "1234"))
@@ -732,7 +732,7 @@ fn portmap_sets_layout_add_check_conflict_del() {
         .unwrap();
     for family in ["ip", "ip6"] {
         for set in ["dnat_any", "dnat_ip", "masq"] {
-            assert!(nft_elements(&ns, family, sets::HOSTPORT_TABLE, set).is_empty());
+            assert!(nft_elements(&ns, family, names::SETS_HOSTPORT_TABLE, set).is_empty());
         }
     }
     let err = ns
@@ -760,9 +760,9 @@ fn sets_layout_takes_over_a_reused_address() {
     let ruleset = ns.nft_ruleset();
     assert!(!ruleset.contains("test old eth0"), "{ruleset}");
     assert_eq!(ruleset.matches("test new eth0").count(), 2, "{ruleset}");
-    let masq = nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "masq");
+    let masq = nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "masq");
     assert!(masq.iter().all(|e| e.contains("test new")), "{masq:?}");
     // The old container's host port is still its own until its DEL.
-    let any = nft_elements(&ns, "ip", sets::HOSTPORT_TABLE, "dnat_any");
+    let any = nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "dnat_any");
     assert_eq!(any.len(), 2, "{any:?}");
 }

@@ -6,8 +6,9 @@ use std::collections::HashSet;
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
+use super::lock::lock;
 use super::model::Attachment;
-use super::{Backend, iptables, masq_direct, masq_nftnl, names, nftables, sets, tools};
+use super::{Backend, iptables, masq_direct, masq_nftnl, names, nftables, sets};
 use crate::Family;
 use crate::nftnl::{self, Nftnl};
 
@@ -26,7 +27,7 @@ pub fn setup_masq(
     if ips.is_empty() {
         return Ok(());
     }
-    let _lock = tools::lock()?;
+    let _lock = lock()?;
     match backend {
         Backend::Iptables => {
             // Netlink only spares work: without it, everything takes the general path.
@@ -103,7 +104,7 @@ pub fn teardown_masq(
     container_id: &str,
     addresses: Option<&[IpNetwork]>,
 ) -> Result<(), NatError> {
-    let _lock = tools::lock()?;
+    let _lock = lock()?;
     let mut errors = Vec::new();
     let mut nl = Nftnl::open().ok();
     for family in [Family::V4, Family::V6] {
@@ -131,7 +132,7 @@ pub fn teardown_masq(
     {
         errors.push(e.context(|| format!("tear down ipMasq (nftables) for {container_id}")));
     }
-    if sets::table_may_exist(sets::MASQ_TABLE)
+    if sets::table_may_exist(names::SETS_MASQ_TABLE)
         && let Err(e) = sets::masq_teardown(network, ifname, container_id, addresses)
     {
         errors.push(e.context(|| format!("tear down ipMasq (nftables-sets) for {container_id}")));
@@ -143,7 +144,7 @@ pub fn teardown_masq(
 /// backends. iptables chains are per container (any ifname keeps them); nftables rules
 /// are per attachment, as in the reference.
 pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
-    let _lock = tools::lock()?;
+    let _lock = lock()?;
     let mut errors = Vec::new();
     let valid_ids: HashSet<&str> = valid.iter().map(|a| a.container_id).collect();
     for family in [Family::V4, Family::V6] {
@@ -161,7 +162,7 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
     {
         errors.push(e.context(|| format!("GC ipMasq (nftables) of network {network}")));
     }
-    if sets::table_may_exist(sets::MASQ_TABLE)
+    if sets::table_may_exist(names::SETS_MASQ_TABLE)
         && let Err(e) = sets::masq_gc(network, valid)
     {
         errors.push(e.context(|| format!("GC ipMasq (nftables-sets) of network {network}")));

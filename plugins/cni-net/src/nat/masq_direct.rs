@@ -20,15 +20,10 @@ use std::io;
 use ipnetwork::IpNetwork;
 
 use super::iptables::{self, restore::Script};
-use super::names;
-use super::portmap_direct::iptables_is_nft;
+use super::names::{self, IPT_NAT_TABLE, POSTROUTING};
 use crate::Family;
 use crate::nftnl::{Nftnl, Op};
-
-/// iptables-nft keeps its nat table in nf_tables under this name.
-const IPT_NAT_TABLE: &str = "nat";
-/// Where the reference (and we) jump to a container's masquerading chain from.
-const POSTROUTING: &str = "POSTROUTING";
+use crate::tools::iptables_is_nft;
 
 /// The restore script for a container that has no masquerading chain in `family` yet,
 /// or `None` when the general path must decide (chain present, iptables-legacy).

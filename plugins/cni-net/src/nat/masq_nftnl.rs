@@ -228,9 +228,9 @@ mod tests {
     #[test]
     fn masq_nftnl_rules_equal_iptables_restore() {
         use crate::nat::iptables::restore::Script;
-        use crate::nat::portmap_direct::iptables_is_nft;
         use crate::nat::testns::TestNs;
         use crate::nftnl::Nftnl;
+        use crate::tools::iptables_is_nft;
 
         if !iptables_is_nft(Family::V4) || !iptables_is_nft(Family::V6) {
             eprintln!("skipping: iptables is not the nf_tables flavour");

@@ -37,6 +37,7 @@
 mod backend;
 pub(crate) mod error;
 mod iptables;
+mod lock;
 pub mod masq;
 mod masq_direct;
 mod masq_nftnl;
@@ -47,7 +48,6 @@ pub mod portmap;
 mod portmap_direct;
 mod portmap_nftnl;
 pub mod sets;
-mod tools;
 
 #[cfg(test)]
 mod itests;
@@ -58,10 +58,10 @@ mod testns;
 pub use crate::Family as IpFamily;
 pub use backend::{Backend, select_masq_backend};
 pub use error::NatError;
+pub use lock::LOCK_PATH;
 pub use masq::{gc_masq, setup_masq, teardown_masq};
 pub use model::{Attachment, PortMapConfig, PortMapping, Proto, RuleRef};
 pub use portmap::{
     check_ports, flush_udp_host_ports, forward_ports, forward_ports_tracked, unforward_ports,
     unforward_ports_installed, unforward_ports_tracked,
 };
-pub use tools::LOCK_PATH;

@@ -56,6 +56,18 @@ pub const NFT_HOSTPORTS_ALL_CHAIN: &str = "hostports_all";
 pub const NFT_PREROUTING_CHAIN: &str = "prerouting";
 pub const NFT_OUTPUT_CHAIN: &str = "output";
 pub const NFT_MASQUERADING_CHAIN: &str = "masquerading";
+/// Ours only (the nftables-sets layout, see `sets`): ipMasq's table, per IP family.
+pub const SETS_MASQ_TABLE: &str = "cni_rs_masquerade";
+/// Ours only: portmap's table, per IP family.
+pub const SETS_HOSTPORT_TABLE: &str = "cni_rs_hostport";
+/// Sets of `cni_rs_masquerade`: pod addresses, and `address . subnet` intervals.
+pub const SETS_PODS_SET: &str = "pods";
+pub const SETS_LOCAL_SET: &str = "local";
+/// Maps of `cni_rs_hostport`: `proto . port` and `host address . proto . port` to
+/// `pod address . pod port`, and the set of `source . pod` pairs to masquerade.
+pub const SETS_DNAT_ANY_MAP: &str = "dnat_any";
+pub const SETS_DNAT_IP_MAP: &str = "dnat_ip";
+pub const SETS_MASQ_SET: &str = "masq";
 /// knftables refuses longer comments; the reference truncates to this.
 pub const NFT_COMMENT_MAX: usize = 128;
 /// iptables' comment match limit.

@@ -15,11 +15,13 @@
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
+use super::lock::lock;
 use super::model::{PortMapConfig, PortMapping, Proto, RuleRef, per_family};
-use super::{Backend, iptables, names, nftables, portmap_direct, sets, tools};
+use super::{Backend, iptables, names, nftables, portmap_direct, sets};
 use crate::Family;
 use crate::nftnl::conntrack::{DstFilter, delete_matching};
 use crate::nftnl::{self, Monitor, Nftnl, Op};
+use crate::tools::iptables_is_nft;
 
 /// Installs the mappings of `config` towards `container_ips` (the first address of
 /// each family is used). Idempotent: a repeated call replaces the container's rules.
@@ -46,7 +48,7 @@ pub fn forward_ports_tracked(
     if config.mappings.is_empty() || targets.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    let _lock = tools::lock()?;
+    let _lock = lock()?;
     if backend == Backend::NftablesSets {
         // Set elements are found again by their comment: nothing to track.
         return forward_locked(backend, config, &targets, prior).map(|()| Some(Vec::new()));
@@ -110,7 +112,7 @@ fn iptables_forward(
 ) -> Result<(), NatError> {
     for &target in targets {
         let family = Family::of(target.ip());
-        if portmap_direct::iptables_is_nft(family)
+        if iptables_is_nft(family)
             && let Some(nl) = nl.as_deref_mut()
             && matches!(
                 portmap_direct::iptables_forward_new(nl, config, target),
@@ -189,13 +191,13 @@ pub fn unforward_ports_installed(
     known: Option<&[RuleRef]>,
     installed: Option<(&[PortMapping], &[IpNetwork])>,
 ) -> Result<(), NatError> {
-    let _lock = tools::lock()?;
+    let _lock = lock()?;
     let installed = installed.map(|(mappings, ips)| (mappings, per_family(ips)));
     let installed = installed.as_ref().map(|(m, t)| (*m, t.as_slice()));
     let configured = unforward_locked(backend, network, container_id, known, installed);
     // A container added under another layout (the config changed since) is found too.
     let sets_layout =
-        if backend != Backend::NftablesSets && sets::table_may_exist(sets::HOSTPORT_TABLE) {
+        if backend != Backend::NftablesSets && sets::table_may_exist(names::SETS_HOSTPORT_TABLE) {
             sets::hostport_unforward(network, container_id, None)
         } else {
             Ok(())
@@ -230,7 +232,7 @@ fn unforward_locked(
                     continue;
                 }
                 usable += 1;
-                if portmap_direct::iptables_is_nft(family)
+                if iptables_is_nft(family)
                     && let Some(nl) = nl.as_mut()
                 {
                     let by_handle = known.is_some_and(|refs| {

@@ -16,7 +16,6 @@
 //! handled" and the caller takes the general path (save, decide, restore).
 
 use std::io;
-use std::path::Path;
 
 use ipnetwork::IpNetwork;
 
@@ -24,18 +23,15 @@ use super::Backend;
 use super::iptables;
 use super::model::{PortMapConfig, RuleRef};
 use super::names::{
-    self, HOSTPORT_DNAT_CHAIN, HOSTPORT_MASQ_CHAIN, HOSTPORT_SETMARK_CHAIN,
+    self, HOSTPORT_DNAT_CHAIN, HOSTPORT_MASQ_CHAIN, HOSTPORT_SETMARK_CHAIN, IPT_NAT_TABLE,
     NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN,
-    NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN, NFT_PREROUTING_CHAIN,
+    NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN, NFT_PREROUTING_CHAIN, OUTPUT, POSTROUTING,
+    PREROUTING,
 };
 use super::nftables::NftRule;
 use super::portmap_nftnl;
-use super::tools::Tool;
 use crate::Family;
 use crate::nftnl::{AddedRule, KernelRule, Nftnl, Op, expr_names};
-
-/// iptables-nft keeps its nat table in nf_tables under this name.
-const IPT_NAT_TABLE: &str = "nat";
 
 /// The nftables chains holding per-container rules.
 const NFT_CONTAINER_CHAINS: [&str; 3] = [
@@ -43,26 +39,6 @@ const NFT_CONTAINER_CHAINS: [&str; 3] = [
     NFT_HOSTIP_HOSTPORTS_CHAIN,
     NFT_MASQUERADING_CHAIN,
 ];
-
-/// Whether this family's iptables tools are the nf_tables flavour (whose rules we can
-/// see through netlink); iptables-legacy keeps them where only its own tools look.
-pub(crate) fn iptables_is_nft(family: Family) -> bool {
-    let tools = match family {
-        Family::V4 => [Tool::IptablesSave, Tool::IptablesRestore],
-        Family::V6 => [Tool::Ip6tablesSave, Tool::Ip6tablesRestore],
-    };
-    tools.iter().all(|tool| {
-        tool.path()
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            .is_some_and(|real| is_nft_multi(&real))
-    })
-}
-
-fn is_nft_multi(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("xtables-nft"))
-}
 
 /// DEL of one container's iptables rules in one family. `Ok(true)`: done (possibly
 /// nothing was there); `Ok(false)`: needs the general path.
@@ -368,14 +344,14 @@ fn skeleton_ready(nl: &mut Nftnl, family: Family, config: &PortMapConfig) -> io:
     let jumps_to = |rules: &[KernelRule], target: &str| {
         rules.iter().any(|r| r.jumps.iter().any(|j| j == target))
     };
-    for from in ["PREROUTING", "OUTPUT"] {
+    for from in [PREROUTING, OUTPUT] {
         if !jumps_to(&nl.rules(family, IPT_NAT_TABLE, from)?, HOSTPORT_DNAT_CHAIN) {
             return Ok(false);
         }
     }
     if config.snat && config.external_set_mark_chain.is_none() {
         if !jumps_to(
-            &nl.rules(family, IPT_NAT_TABLE, "POSTROUTING")?,
+            &nl.rules(family, IPT_NAT_TABLE, POSTROUTING)?,
             HOSTPORT_MASQ_CHAIN,
         ) {
             return Ok(false);
@@ -399,13 +375,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recognises_the_nft_multicall_binary() {
-        assert!(is_nft_multi(Path::new("/usr/sbin/xtables-nft-multi")));
-        assert!(!is_nft_multi(Path::new("/usr/sbin/xtables-legacy-multi")));
-        assert!(!is_nft_multi(Path::new("/usr/sbin/iptables")));
-    }
 
     fn added(
         family: Family,

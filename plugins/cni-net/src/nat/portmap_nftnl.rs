@@ -175,9 +175,9 @@ mod tests {
     use crate::nat::iptables::portmap::{render_forward, render_new_container};
     use crate::nat::iptables::save::{SavedTable, tokenize};
     use crate::nat::model::fixtures::mapping as m;
-    use crate::nat::portmap_direct::iptables_is_nft;
     use crate::nat::testns::TestNs;
     use crate::nftnl::Nftnl;
+    use crate::tools::iptables_is_nft;
 
     const EMPTY: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
 

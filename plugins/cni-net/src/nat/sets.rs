@@ -38,14 +38,12 @@ use super::nftables;
 use crate::Family;
 use crate::nftnl::{self, Element, Nftnl, Op};
 
-pub const MASQ_TABLE: &str = "cni_rs_masquerade";
-pub const HOSTPORT_TABLE: &str = "cni_rs_hostport";
+use super::names::{
+    SETS_DNAT_ANY_MAP as DNAT_ANY_MAP, SETS_DNAT_IP_MAP as DNAT_IP_MAP,
+    SETS_HOSTPORT_TABLE as HOSTPORT_TABLE, SETS_LOCAL_SET as LOCAL_SET, SETS_MASQ_SET as MASQ_SET,
+    SETS_MASQ_TABLE as MASQ_TABLE, SETS_PODS_SET as PODS_SET,
+};
 
-const PODS_SET: &str = "pods";
-const LOCAL_SET: &str = "local";
-const DNAT_ANY_MAP: &str = "dnat_any";
-const DNAT_IP_MAP: &str = "dnat_ip";
-const MASQ_SET: &str = "masq";
 const MASQ_SETS: [&str; 2] = [PODS_SET, LOCAL_SET];
 const HOSTPORT_SETS: [&str; 3] = [DNAT_IP_MAP, DNAT_ANY_MAP, MASQ_SET];
 

@@ -7,8 +7,8 @@ pub(crate) mod restore;
 pub(crate) mod save;
 
 use super::error::NatError;
-use super::tools::{self, Tool};
 use crate::Family;
+use crate::tools::{self, Tool};
 use restore::Script;
 use save::SavedTable;
 

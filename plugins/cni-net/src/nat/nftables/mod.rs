@@ -5,7 +5,7 @@ pub(crate) mod masq;
 pub(crate) mod portmap;
 
 use crate::nat::error::NatError;
-use crate::nat::tools::{self, Tool};
+use crate::tools::{self, Tool};
 
 /// A rule as listed by `nft -j`, reduced to what we select on.
 #[derive(Clone, Debug, PartialEq, Eq)]
