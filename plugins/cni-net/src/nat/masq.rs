@@ -1,16 +1,14 @@
 //! ipMasq (bridge's `ipMasq`): masquerade traffic from a container's addresses leaving
 //! their subnet.
 
-use std::collections::HashSet;
-
 use ipnetwork::IpNetwork;
 
+use super::driver::NatDriver;
 use super::error::NatError;
+use super::iptables::Iptables;
 use super::lock::lock;
 use super::model::Attachment;
-use super::{Backend, iptables, masq_direct, masq_nftnl, names, nftables, sets};
-use crate::Family;
-use crate::nftnl::{self, Nftnl};
+use super::{Backend, names, nftables, portmap_direct, sets};
 
 /// Installs masquerading for `ips` of the container. Idempotent: the container's rules
 /// are replaced, and nothing is committed when they are already right.
@@ -29,50 +27,7 @@ pub fn setup_masq(
     }
     let _lock = lock()?;
     match backend {
-        Backend::Iptables => {
-            // Netlink only spares work: without it, everything takes the general path.
-            let mut nl = Nftnl::open().ok();
-            for family in [Family::V4, Family::V6] {
-                let nets: Vec<IpNetwork> = ips
-                    .iter()
-                    .filter(|n| Family::of(n.ip()) == family)
-                    .copied()
-                    .collect();
-                if nets.is_empty() {
-                    continue;
-                }
-                let new_chain = nl.as_mut().and_then(|nl| {
-                    masq_direct::iptables_setup_new(nl, family, network, container_id, &nets)
-                        .ok()
-                        .flatten()
-                });
-                if let Some(script) = new_chain {
-                    // Straight into nf_tables when the nat table is in place (every ADD
-                    // but a node's first); iptables-restore makes the same rules otherwise.
-                    if masq_nftnl::add_new(family, network, container_id, &nets).is_ok() {
-                        continue;
-                    }
-                    match iptables::restore(family, &script) {
-                        Ok(()) => continue,
-                        // The chain appeared since we looked (`-N` failed): decide from
-                        // the saved table instead.
-                        Err(NatError::ToolFailed { .. }) => {}
-                        Err(e) => {
-                            return Err(e.context(|| {
-                                format!("set up ipMasq ({family}) for {container_id}")
-                            }));
-                        }
-                    }
-                }
-                iptables::transact(family, |saved| {
-                    iptables::masq::render_setup(saved, network, container_id, &nets)
-                })
-                .map_err(|e| {
-                    e.context(|| format!("set up ipMasq ({family}) for {container_id}"))
-                })?;
-            }
-            Ok(())
-        }
+        Backend::Iptables => Iptables.setup_masq(network, ifname, container_id, ips),
         Backend::Nftables => {
             if !Backend::Nftables.available() {
                 return Err(NatError::ToolMissing("nft"));
@@ -106,26 +61,10 @@ pub fn teardown_masq(
 ) -> Result<(), NatError> {
     let _lock = lock()?;
     let mut errors = Vec::new();
-    let mut nl = Nftnl::open().ok();
-    for family in [Family::V4, Family::V6] {
-        if !family.enabled() || !iptables::available(family) {
-            continue;
-        }
-        if let Some(nl) = nl.as_mut()
-            && let Ok(true) = masq_direct::iptables_teardown(nl, family, network, container_id)
-        {
-            continue;
-        }
-        if let Err(e) = iptables::transact(family, |saved| {
-            iptables::masq::render_teardown(saved, network, container_id)
-        }) {
-            errors.push(e.context(|| format!("tear down ipMasq ({family}) for {container_id}")));
-        }
-    }
-    // Closing it now would wait for the release of what it deleted, and block the
-    // caller's interface removal meanwhile.
-    if let Some(nl) = nl {
-        nftnl::close_at_exit(nl);
+    if Iptables.may_hold_masq()
+        && let Err(e) = Iptables.teardown_masq(network, ifname, container_id, addresses)
+    {
+        errors.push(e);
     }
     if nft_masq_table_may_exist()
         && let Err(e) = nftables::masq::teardown(network, ifname, container_id)
@@ -146,16 +85,10 @@ pub fn teardown_masq(
 pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
     let _lock = lock()?;
     let mut errors = Vec::new();
-    let valid_ids: HashSet<&str> = valid.iter().map(|a| a.container_id).collect();
-    for family in [Family::V4, Family::V6] {
-        if !family.enabled() || !iptables::available(family) {
-            continue;
-        }
-        if let Err(e) = iptables::transact(family, |saved| {
-            iptables::masq::render_gc(saved, network, &valid_ids)
-        }) {
-            errors.push(e.context(|| format!("GC ipMasq ({family}) of network {network}")));
-        }
+    if Iptables.may_hold_masq()
+        && let Err(e) = Iptables.gc_masq(network, valid)
+    {
+        errors.push(e);
     }
     if nft_masq_table_may_exist()
         && let Err(e) = nftables::masq::gc(network, valid)
@@ -174,5 +107,5 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
 /// kernel does not say the table is absent (a netlink error means "maybe").
 fn nft_masq_table_may_exist() -> bool {
     Backend::Nftables.available()
-        && masq_nftnl::inet_table_exists(names::NFT_MASQ_TABLE).unwrap_or(true)
+        && portmap_direct::inet_table_exists(names::NFT_MASQ_TABLE).unwrap_or(true)
 }

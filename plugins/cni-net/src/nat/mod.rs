@@ -35,18 +35,16 @@
 //! the saved table; nftables rules are found by their comments.
 
 mod backend;
+mod driver;
 pub(crate) mod error;
 mod iptables;
 mod lock;
 pub mod masq;
-mod masq_direct;
-mod masq_nftnl;
 pub(crate) mod model;
 pub mod names;
 mod nftables;
 pub mod portmap;
 mod portmap_direct;
-mod portmap_nftnl;
 pub mod sets;
 
 #[cfg(test)]

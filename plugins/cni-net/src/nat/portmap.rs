@@ -14,14 +14,15 @@
 
 use ipnetwork::IpNetwork;
 
+use super::driver::{NatDriver, PortHints};
 use super::error::NatError;
+use super::iptables::Iptables;
 use super::lock::lock;
 use super::model::{PortMapConfig, PortMapping, Proto, RuleRef, per_family};
-use super::{Backend, iptables, names, nftables, portmap_direct, sets};
+use super::{Backend, names, nftables, portmap_direct, sets};
 use crate::Family;
 use crate::nftnl::conntrack::{DstFilter, delete_matching};
-use crate::nftnl::{self, Monitor, Nftnl, Op};
-use crate::tools::iptables_is_nft;
+use crate::nftnl::{self, Monitor, Op};
 
 /// Installs the mappings of `config` towards `container_ips` (the first address of
 /// each family is used). Idempotent: a repeated call replaces the container's rules.
@@ -62,7 +63,10 @@ pub fn forward_ports_tracked(
         added
     });
     result?;
-    Ok(added.and_then(|added| portmap_direct::select_tracked(&added, backend, config, &targets)))
+    Ok(added.and_then(|added| match backend {
+        Backend::Iptables => Iptables.select_tracked(&added, config, &targets),
+        _ => portmap_direct::nft_select_tracked(&added, config, &targets),
+    }))
 }
 
 fn forward_locked(
@@ -72,14 +76,7 @@ fn forward_locked(
     prior: Option<&[RuleRef]>,
 ) -> Result<(), NatError> {
     match backend {
-        Backend::Iptables => {
-            let mut nl = Nftnl::open().ok();
-            let result = iptables_forward(nl.as_mut(), config, targets);
-            if let Some(nl) = nl {
-                nftnl::close_at_exit(nl);
-            }
-            result
-        }
+        Backend::Iptables => Iptables.forward_ports(config, targets, prior),
         Backend::NftablesSets => {
             // Without a record of an earlier ADD there is nothing of ours to sweep first.
             let readd = prior.is_none_or(|p| !p.is_empty());
@@ -103,39 +100,6 @@ fn forward_locked(
     }
 }
 
-/// The iptables backend's ADD: straight into nf_tables where `nl` can, by
-/// `iptables-restore` otherwise.
-fn iptables_forward(
-    mut nl: Option<&mut Nftnl>,
-    config: &PortMapConfig,
-    targets: &[IpNetwork],
-) -> Result<(), NatError> {
-    for &target in targets {
-        let family = Family::of(target.ip());
-        if iptables_is_nft(family)
-            && let Some(nl) = nl.as_deref_mut()
-            && matches!(
-                portmap_direct::iptables_forward_new(nl, config, target),
-                Ok(true)
-            )
-        {
-            continue;
-        }
-        iptables::transact(family, |saved| {
-            iptables::portmap::render_forward(saved, config, target)
-        })
-        .map_err(|e| {
-            e.context(|| {
-                format!(
-                    "set up port mappings ({family}) for {}",
-                    config.container_id
-                )
-            })
-        })?;
-    }
-    Ok(())
-}
-
 /// CHECK: every rule [`forward_ports`] would install is present.
 pub fn check_ports(
     backend: Backend,
@@ -147,13 +111,7 @@ pub fn check_ports(
         return Ok(());
     }
     match backend {
-        Backend::Iptables => {
-            for target in targets {
-                let saved = iptables::save_nat(Family::of(target.ip()))?;
-                iptables::portmap::check(&saved, config, target)?;
-            }
-            Ok(())
-        }
+        Backend::Iptables => Iptables.check_ports(config, &targets),
         Backend::Nftables => nftables::portmap::check(config, &targets),
         Backend::NftablesSets => sets::hostport_check(config, &targets),
     }
@@ -224,53 +182,7 @@ fn unforward_locked(
                 e.context(|| format!("tear down port mappings (nftables-sets) for {container_id}"))
             }),
         Backend::Iptables => {
-            let mut errors = Vec::new();
-            let mut usable = 0;
-            let mut nl = Nftnl::open().ok();
-            for family in [Family::V4, Family::V6] {
-                if !family.enabled() || !iptables::available(family) {
-                    continue;
-                }
-                usable += 1;
-                if iptables_is_nft(family)
-                    && let Some(nl) = nl.as_mut()
-                {
-                    let by_handle = known.is_some_and(|refs| {
-                        matches!(
-                            portmap_direct::iptables_unforward_known(
-                                nl,
-                                family,
-                                network,
-                                container_id,
-                                refs
-                            ),
-                            Ok(true)
-                        )
-                    });
-                    if by_handle
-                        || matches!(
-                            portmap_direct::iptables_unforward(nl, family, network, container_id),
-                            Ok(true)
-                        )
-                    {
-                        continue;
-                    }
-                }
-                if let Err(e) = iptables::transact(family, |saved| {
-                    iptables::portmap::render_unforward(saved, network, container_id)
-                }) {
-                    errors.push(e.context(|| {
-                        format!("tear down port mappings ({family}) for {container_id}")
-                    }));
-                }
-            }
-            if let Some(nl) = nl {
-                nftnl::close_at_exit(nl);
-            }
-            if usable == 0 {
-                return Err(NatError::ToolMissing("iptables-restore"));
-            }
-            NatError::collect(errors)
+            Iptables.unforward_ports(network, container_id, &PortHints { known, installed })
         }
         Backend::Nftables => {
             let direct = nftnl::with_socket(|nl| {

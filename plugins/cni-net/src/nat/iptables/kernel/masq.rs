@@ -1,6 +1,24 @@
-//! A new container's ipMasq chain written straight into iptables-nft's `nat` table over
-//! nf_tables netlink, instead of through an `iptables-restore` process.
+//! ipMasq's common cases on iptables-nft, straight through nf_tables netlink.
 //!
+//! # Without reading the whole nat table
+//!
+//! `iptables-save -t nat` prints every container's rules, so an ADD or DEL that starts
+//! with it costs time in proportion to the pods on the node, plus a process. The common
+//! cases need only the one container's chain, which the kernel reports through
+//! [`Nftnl`] in well under a millisecond:
+//! - ADD of a container whose chain does not exist yet: nothing of it can be in the
+//!   table (nf_tables refuses a jump to a missing chain), so one `iptables-restore` that
+//!   creates the chain with `-N` and appends its rules is the whole job;
+//! - DEL: the jumps to the container's chain (found by verdict in `POSTROUTING`), the
+//!   chain's rules and the chain itself go in one netlink batch, no process at all; a
+//!   family whose chain is absent costs one lookup.
+//!
+//! Anything else — iptables-legacy, an existing chain on ADD (a re-ADD), a chain still
+//! referenced from elsewhere, any netlink error — answers "not handled" and the caller
+//! takes the general path (save, decide, restore).
+//!
+//! # A new chain without `iptables-restore`
+//! [`add_new`] writes a new container's chain straight into iptables-nft's `nat` table.
 //! Why: on a node whose iptables is the nf_tables flavour, `iptables-restore` is a
 //! process that loads the xtables extensions, reads the table back and then sends one
 //! netlink batch (~3.5 ms here, on the critical path of every ADD). This module sends
@@ -20,12 +38,68 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::names::{self, IPT_NAT_TABLE as NAT_TABLE, POSTROUTING};
+use super::super::masq;
+use super::super::restore::Script;
 use crate::Family;
+use crate::nat::names::{self, IPT_NAT_TABLE, POSTROUTING};
 use crate::nftnl::expr::{
     Field, NF_ACCEPT, NFT_JUMP, Prefix, addr_match, comment as comment_match, counter, verdict, xt,
 };
-use crate::nftnl::{Op, with_socket};
+use crate::nftnl::{Nftnl, Op, with_socket};
+use crate::tools::iptables_is_nft;
+
+/// The restore script for a container that has no masquerading chain in `family` yet,
+/// or `None` when the general path must decide (chain present, iptables-legacy).
+pub(crate) fn setup_new(
+    nl: &mut Nftnl,
+    family: Family,
+    network: &str,
+    container_id: &str,
+    nets: &[IpNetwork],
+) -> io::Result<Option<Script>> {
+    if !iptables_is_nft(family) {
+        return Ok(None);
+    }
+    let chain = names::masq_chain(network, container_id);
+    if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? {
+        return Ok(None);
+    }
+    Ok(masq::render_new(network, container_id, nets))
+}
+
+/// Removes the container's masquerading in `family`. `Ok(true)`: done (possibly there
+/// was nothing); `Ok(false)`: the general path must do it.
+pub(crate) fn teardown(
+    nl: &mut Nftnl,
+    family: Family,
+    network: &str,
+    container_id: &str,
+) -> io::Result<bool> {
+    if !iptables_is_nft(family) {
+        return Ok(false);
+    }
+    let chain = names::masq_chain(network, container_id);
+    if !nl.chain_exists(family, IPT_NAT_TABLE, &chain)? {
+        return Ok(true);
+    }
+    let mut ops: Vec<Op> = nl
+        .rules(family, IPT_NAT_TABLE, POSTROUTING)?
+        .into_iter()
+        .filter(|r| r.jumps.contains(&chain))
+        .map(|r| Op::DeleteRule {
+            chain: POSTROUTING.to_string(),
+            handle: r.handle,
+        })
+        .collect();
+    ops.push(Op::FlushChain {
+        chain: chain.clone(),
+    });
+    // Fails (voiding the whole batch) if a rule outside POSTROUTING still jumps here;
+    // the general path then finds it in the saved table.
+    ops.push(Op::DeleteChain { chain });
+    nl.commit(family, IPT_NAT_TABLE, &ops)?;
+    Ok(true)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Verdict {
@@ -151,15 +225,7 @@ pub(crate) fn add_new(
         exprs: expressions(rule, &comment),
         compat_proto: None,
     }));
-    with_socket(|nl| nl.commit(family, NAT_TABLE, &ops))
-}
-
-/// Whether nf_tables has table `name` in the `inet` family. DEL asks before running
-/// `nft` to look into the nftables ipMasq table: on a node that never used that
-/// backend the table is absent, and the answer costs a netlink round trip instead of a
-/// process.
-pub(crate) fn inet_table_exists(name: &str) -> io::Result<bool> {
-    with_socket(|nl| nl.inet_table_exists(name))
+    with_socket(|nl| nl.commit(family, IPT_NAT_TABLE, &ops))
 }
 
 #[cfg(test)]
@@ -269,10 +335,15 @@ mod tests {
             let chain = names::masq_chain("net", "new");
             for c in [chain.as_str(), POSTROUTING] {
                 let read = |ns: &TestNs| {
-                    ns.run(|| Nftnl::open().unwrap().rules(family, NAT_TABLE, c).unwrap())
-                        .into_iter()
-                        .map(|r| (r.exprs, r.comment))
-                        .collect::<Vec<_>>()
+                    ns.run(|| {
+                        Nftnl::open()
+                            .unwrap()
+                            .rules(family, IPT_NAT_TABLE, c)
+                            .unwrap()
+                    })
+                    .into_iter()
+                    .map(|r| (r.exprs, r.comment))
+                    .collect::<Vec<_>>()
                 };
                 assert_eq!(read(&tool_ns), read(&our_ns), "{family} {c}");
             }
@@ -285,21 +356,5 @@ mod tests {
             // The chain exists now: a second add changes nothing.
             assert!(our_ns.run(|| add_new(family, "net", "new", &mine)).is_err());
         }
-    }
-
-    #[test]
-    fn inet_table_lookup() {
-        use crate::nat::testns::TestNs;
-        let Some(ns) = TestNs::new("nftnl-table") else {
-            return;
-        };
-        assert!(!ns.run(|| inet_table_exists("cni_test_t")).unwrap());
-        ns.exec(&["nft", "add", "table", "inet", "cni_test_t"]);
-        assert!(ns.run(|| inet_table_exists("cni_test_t")).unwrap());
-        ns.exec(&["nft", "add", "table", "ip", "cni_other"]);
-        assert!(
-            !ns.run(|| inet_table_exists("cni_other")).unwrap(),
-            "ip, not inet"
-        );
     }
 }
