@@ -8,7 +8,8 @@ use super::error::NatError;
 use super::iptables::Iptables;
 use super::lock::lock;
 use super::model::Attachment;
-use super::{Backend, names, nftables, portmap_direct, sets};
+use super::nftables::Nftables;
+use super::{Backend, names, sets};
 
 /// Installs masquerading for `ips` of the container. Idempotent: the container's rules
 /// are replaced, and nothing is committed when they are already right.
@@ -28,13 +29,7 @@ pub fn setup_masq(
     let _lock = lock()?;
     match backend {
         Backend::Iptables => Iptables.setup_masq(network, ifname, container_id, ips),
-        Backend::Nftables => {
-            if !Backend::Nftables.available() {
-                return Err(NatError::ToolMissing("nft"));
-            }
-            nftables::masq::setup(network, ifname, container_id, ips)
-                .map_err(|e| e.context(|| format!("set up ipMasq (nftables) for {container_id}")))
-        }
+        Backend::Nftables => Nftables.setup_masq(network, ifname, container_id, ips),
         Backend::NftablesSets => {
             if !Backend::NftablesSets.available() {
                 return Err(NatError::ToolMissing("nft"));
@@ -66,10 +61,10 @@ pub fn teardown_masq(
     {
         errors.push(e);
     }
-    if nft_masq_table_may_exist()
-        && let Err(e) = nftables::masq::teardown(network, ifname, container_id)
+    if Nftables.may_hold_masq()
+        && let Err(e) = Nftables.teardown_masq(network, ifname, container_id, addresses)
     {
-        errors.push(e.context(|| format!("tear down ipMasq (nftables) for {container_id}")));
+        errors.push(e);
     }
     if sets::table_may_exist(names::SETS_MASQ_TABLE)
         && let Err(e) = sets::masq_teardown(network, ifname, container_id, addresses)
@@ -90,10 +85,10 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
     {
         errors.push(e);
     }
-    if nft_masq_table_may_exist()
-        && let Err(e) = nftables::masq::gc(network, valid)
+    if Nftables.may_hold_masq()
+        && let Err(e) = Nftables.gc_masq(network, valid)
     {
-        errors.push(e.context(|| format!("GC ipMasq (nftables) of network {network}")));
+        errors.push(e);
     }
     if sets::table_may_exist(names::SETS_MASQ_TABLE)
         && let Err(e) = sets::masq_gc(network, valid)
@@ -101,11 +96,4 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
         errors.push(e.context(|| format!("GC ipMasq (nftables-sets) of network {network}")));
     }
     NatError::collect(errors)
-}
-
-/// Whether the nftables ipMasq table needs looking into: `nft` is installed and the
-/// kernel does not say the table is absent (a netlink error means "maybe").
-fn nft_masq_table_may_exist() -> bool {
-    Backend::Nftables.available()
-        && portmap_direct::inet_table_exists(names::NFT_MASQ_TABLE).unwrap_or(true)
 }

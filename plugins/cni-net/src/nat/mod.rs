@@ -44,7 +44,6 @@ pub(crate) mod model;
 pub mod names;
 mod nftables;
 pub mod portmap;
-mod portmap_direct;
 pub mod sets;
 
 #[cfg(test)]

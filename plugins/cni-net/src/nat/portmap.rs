@@ -19,10 +19,11 @@ use super::error::NatError;
 use super::iptables::Iptables;
 use super::lock::lock;
 use super::model::{PortMapConfig, PortMapping, Proto, RuleRef, per_family};
-use super::{Backend, names, nftables, portmap_direct, sets};
+use super::nftables::Nftables;
+use super::{Backend, names, sets};
 use crate::Family;
 use crate::nftnl::conntrack::{DstFilter, delete_matching};
-use crate::nftnl::{self, Monitor, Op};
+use crate::nftnl::{self, Monitor};
 
 /// Installs the mappings of `config` towards `container_ips` (the first address of
 /// each family is used). Idempotent: a repeated call replaces the container's rules.
@@ -65,7 +66,7 @@ pub fn forward_ports_tracked(
     result?;
     Ok(added.and_then(|added| match backend {
         Backend::Iptables => Iptables.select_tracked(&added, config, &targets),
-        _ => portmap_direct::nft_select_tracked(&added, config, &targets),
+        _ => Nftables.select_tracked(&added, config, &targets),
     }))
 }
 
@@ -89,14 +90,7 @@ fn forward_locked(
                 })
             })
         }
-        Backend::Nftables => nftables::portmap::forward(config, targets, prior).map_err(|e| {
-            e.context(|| {
-                format!(
-                    "set up port mappings (nftables) for {}",
-                    config.container_id
-                )
-            })
-        }),
+        Backend::Nftables => Nftables.forward_ports(config, targets, prior),
     }
 }
 
@@ -112,7 +106,7 @@ pub fn check_ports(
     }
     match backend {
         Backend::Iptables => Iptables.check_ports(config, &targets),
-        Backend::Nftables => nftables::portmap::check(config, &targets),
+        Backend::Nftables => Nftables.check_ports(config, &targets),
         Backend::NftablesSets => sets::hostport_check(config, &targets),
     }
 }
@@ -185,39 +179,7 @@ fn unforward_locked(
             Iptables.unforward_ports(network, container_id, &PortHints { known, installed })
         }
         Backend::Nftables => {
-            let direct = nftnl::with_socket(|nl| {
-                for family in [Family::V4, Family::V6] {
-                    if !family.enabled() {
-                        continue;
-                    }
-                    let known = match known {
-                        Some(refs) => {
-                            portmap_direct::nft_known_rules(nl, family, container_id, refs)?
-                        }
-                        None => None,
-                    };
-                    match known {
-                        Some(rules) => {
-                            let ops: Vec<Op> = rules
-                                .into_iter()
-                                .map(|r| Op::DeleteRule {
-                                    chain: r.chain,
-                                    handle: r.handle,
-                                })
-                                .collect();
-                            nl.commit(family, names::NFT_HOSTPORT_TABLE, &ops)?;
-                        }
-                        None => portmap_direct::nft_unforward(nl, family, container_id)?,
-                    }
-                }
-                Ok(())
-            });
-            if direct.is_ok() {
-                return Ok(());
-            }
-            nftables::portmap::unforward(container_id).map_err(|e| {
-                e.context(|| format!("tear down port mappings (nftables) for {container_id}"))
-            })
+            Nftables.unforward_ports(network, container_id, &PortHints { known, installed })
         }
     }
 }

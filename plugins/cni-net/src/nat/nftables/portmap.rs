@@ -6,24 +6,15 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::{NftRule, list_table, quote, transact};
+use super::tool::{NftRule, quote};
 use crate::Family;
 use crate::nat::error::NatError;
-use crate::nat::model::{PortMapConfig, RuleRef};
+use crate::nat::model::PortMapConfig;
 use crate::nat::names::{
     NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORT_TABLE_COMMENT,
     NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN, NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN,
     NFT_PREROUTING_CHAIN,
 };
-use crate::nat::portmap_direct;
-use crate::nftnl;
-
-fn family_name(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    }
-}
 
 fn ip_port(ip: IpAddr, port: u16) -> String {
     match ip {
@@ -33,7 +24,7 @@ fn ip_port(ip: IpAddr, port: u16) -> String {
 }
 
 /// The chains our per-container rules live in (and DEL searches).
-const CONTAINER_CHAINS: [&str; 3] = [
+pub(crate) const CONTAINER_CHAINS: [&str; 3] = [
     NFT_HOSTPORTS_CHAIN,
     NFT_HOSTIP_HOSTPORTS_CHAIN,
     NFT_MASQUERADING_CHAIN,
@@ -62,14 +53,14 @@ pub(crate) fn render_forward(
 /// rebuilt), the container's stale rules deleted, its rules added. The skeleton is
 /// left out when `with_skeleton` is false because it was found complete: rebuilding its
 /// base chains is most of an ADD's kernel time.
-fn render(
+pub(crate) fn render(
     stale: &[&NftRule],
     config: &PortMapConfig,
     container: IpNetwork,
     with_skeleton: bool,
 ) -> String {
     let family = Family::of(container.ip());
-    let ip_x = family_name(family);
+    let ip_x = family.nft_word();
     let t = format!("{ip_x} {NFT_HOSTPORT_TABLE}");
     let comment = quote(&config.container_id);
     let mut conditions = config.conditions(family).join(" ");
@@ -148,49 +139,6 @@ fn render(
     out
 }
 
-/// `prior`: the container's rules as recorded by an earlier ADD (`Some(&[])`: it had
-/// none), so they need not be searched for; `None`: unknown, search.
-pub(crate) fn forward(
-    config: &PortMapConfig,
-    targets: &[IpNetwork],
-    prior: Option<&[RuleRef]>,
-) -> Result<(), NatError> {
-    transact(|| {
-        let mut script = String::new();
-        for target in targets {
-            let ip_family = Family::of(target.ip());
-            let family = family_name(ip_family);
-            // The kernel lists just the container's chains (or, with a record, just
-            // its recorded rules), far cheaper than `nft -j` printing the whole table;
-            // the tool stays as the fallback.
-            let direct = nftnl::with_socket(|nl| {
-                let known = match prior {
-                    Some(refs) => {
-                        portmap_direct::nft_known_rules(nl, ip_family, &config.container_id, refs)?
-                    }
-                    None => None,
-                };
-                let rules = match known {
-                    Some(rules) => rules,
-                    None => {
-                        portmap_direct::nft_container_rules(nl, ip_family, &config.container_id)?
-                    }
-                };
-                let ready = config.conditions(ip_family).is_empty()
-                    && portmap_direct::nft_skeleton_ready(nl, ip_family, config.snat)?;
-                Ok((rules, ready))
-            });
-            let (rules, skeleton_ready) = match direct {
-                Ok(found) => found,
-                Err(_) => (list_table(family, NFT_HOSTPORT_TABLE)?, false),
-            };
-            let stale = container_rules(&rules, &config.container_id);
-            script.push_str(&render(&stale, config, *target, !skeleton_ready));
-        }
-        Ok(Some(script))
-    })
-}
-
 /// Deletion of the container's rules in both families, `None` when there are none.
 pub(crate) fn render_unforward(rules: &[NftRule], container_id: &str) -> Option<String> {
     let picked = container_rules(rules, container_id);
@@ -200,22 +148,9 @@ pub(crate) fn render_unforward(rules: &[NftRule], container_id: &str) -> Option<
     Some(picked.iter().map(|r| r.delete_command() + "\n").collect())
 }
 
-pub(crate) fn unforward(container_id: &str) -> Result<(), NatError> {
-    transact(|| {
-        let mut rules = list_table("ip", NFT_HOSTPORT_TABLE)?;
-        if Family::V6.enabled() {
-            rules.extend(list_table("ip6", NFT_HOSTPORT_TABLE)?);
-        }
-        Ok(render_unforward(&rules, container_id))
-    })
-}
-
-/// The reference's CHECK: enough rules carry the container's comment in each chain.
-pub(crate) fn check_rules(
-    rules: &[NftRule],
-    config: &PortMapConfig,
-    family: Family,
-) -> Result<(), NatError> {
+/// How many rules of the container one family holds: its DNAT rules in `hostports`
+/// and its masquerade rules in `masquerading`.
+pub(crate) fn expected_rules(config: &PortMapConfig, family: Family) -> (usize, usize) {
     let host_ports = config
         .mappings
         .iter()
@@ -226,6 +161,16 @@ pub(crate) fn check_rules(
         (true, Family::V4, false) => 2,
         (true, _, _) => 1,
     };
+    (host_ports, masquerades)
+}
+
+/// The reference's CHECK: enough rules carry the container's comment in each chain.
+pub(crate) fn check_rules(
+    rules: &[NftRule],
+    config: &PortMapConfig,
+    family: Family,
+) -> Result<(), NatError> {
+    let (host_ports, masquerades) = expected_rules(config, family);
     for (chain, want) in [
         (NFT_HOSTPORTS_CHAIN, host_ports),
         (NFT_MASQUERADING_CHAIN, masquerades),
@@ -242,15 +187,6 @@ pub(crate) fn check_rules(
                 "missing hostport rules in {chain:?} chain"
             )));
         }
-    }
-    Ok(())
-}
-
-pub(crate) fn check(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(), NatError> {
-    for target in targets {
-        let family = Family::of(target.ip());
-        let rules = list_table(family_name(family), NFT_HOSTPORT_TABLE)?;
-        check_rules(&rules, config, family)?;
     }
     Ok(())
 }

@@ -1,54 +1,40 @@
-//! portmap's common cases without reading the whole ruleset.
+//! The nftables layouts' rules read and deleted straight through nf_tables netlink.
 //!
-//! Reading the full nat table (`iptables-save`) or the whole `cni_hostport` table
-//! (`nft -j list`) costs time in proportion to every other container on the node. The
-//! common cases need far less:
-//! - DEL: the container's rules are found in the kernel through [`nftnl`] (one chain's
-//!   rules each) and deleted by handle in one netlink batch — no process at all;
-//! - iptables ADD of a new container on a node whose skeleton is in place: one
-//!   `iptables-restore` that creates the container chain (`-N`, so an existing one
-//!   fails the commit) and appends its entries, after a netlink look at the few small
-//!   shared chains;
-//! - nftables ADD: the container's stale rules are listed through netlink.
+//! Reading the whole `cni_hostport` table (`nft -j list`) costs time in proportion to
+//! every other container on the node. The common cases need far less:
+//! - DEL: the container's rules are found in the kernel (one chain's rules each, or
+//!   the handles recorded at ADD) and deleted by handle in one netlink batch — no
+//!   process at all;
+//! - ADD: the container's stale rules are listed, and the skeleton checked, through
+//!   netlink, so the one `nft -f` carries only what changes;
+//! - DEL's probe of the ipMasq table, before any `nft` process.
 //!
-//! Anything unusual — iptables-legacy, a missing or partial skeleton, a re-ADD, a chain
-//! still referenced elsewhere, old SNAT chains, any netlink error — answers "not
-//! handled" and the caller takes the general path (save, decide, restore).
+//! Any netlink error makes the driver use `nft` instead.
 
 use std::io;
 
 use ipnetwork::IpNetwork;
 
-use super::driver::pick_tracked;
-use super::model::{PortMapConfig, RuleRef};
-use super::names::{
+use super::portmap::{CONTAINER_CHAINS as NFT_CONTAINER_CHAINS, expected_rules};
+use super::tool::NftRule;
+use crate::Family;
+use crate::nat::driver::pick_tracked;
+use crate::nat::model::{PortMapConfig, RuleRef};
+use crate::nat::names::{
     NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN,
     NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN, NFT_PREROUTING_CHAIN,
 };
-use super::nftables::NftRule;
-use crate::Family;
 use crate::nftnl::{AddedRule, KernelRule, Nftnl, Op, expr_names};
-
-/// The nftables chains holding per-container rules.
-const NFT_CONTAINER_CHAINS: [&str; 3] = [
-    NFT_HOSTPORTS_CHAIN,
-    NFT_HOSTIP_HOSTPORTS_CHAIN,
-    NFT_MASQUERADING_CHAIN,
-];
 
 /// The recorded rules of a container in `family` that are still its own, as stale
 /// rules for a re-ADD or victims for a DEL; `None` when a handle now names a rule of
 /// someone else (the record cannot be trusted).
-pub(crate) fn nft_known_rules(
+pub(crate) fn known_rules(
     nl: &mut Nftnl,
     family: Family,
     container_id: &str,
     known: &[RuleRef],
 ) -> io::Result<Option<Vec<NftRule>>> {
-    let family_name = match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    };
     let mut out = Vec::new();
     for r in known.iter().filter(|r| r.family == family) {
         if r.table != NFT_HOSTPORT_TABLE || !NFT_CONTAINER_CHAINS.contains(&r.chain.as_str()) {
@@ -56,7 +42,7 @@ pub(crate) fn nft_known_rules(
         }
         match nl.rule(family, NFT_HOSTPORT_TABLE, &r.chain, r.handle)? {
             Some(rule) if rule.comment.as_deref() == Some(container_id) => out.push(NftRule {
-                family: family_name.to_string(),
+                family: family.nft_word().to_string(),
                 table: NFT_HOSTPORT_TABLE.to_string(),
                 chain: r.chain.clone(),
                 handle: r.handle,
@@ -72,7 +58,7 @@ pub(crate) fn nft_known_rules(
 /// Among the rules the kernel announced during an ADD, those a later DEL must remove
 /// by handle: nftables rules carrying the container ID. `None` unless every expected
 /// rule was seen (a partial record would make DEL leak).
-pub(crate) fn nft_select_tracked(
+pub(crate) fn select_tracked(
     added: &[AddedRule],
     config: &PortMapConfig,
     targets: &[IpNetwork],
@@ -83,41 +69,23 @@ pub(crate) fn nft_select_tracked(
             && a.rule.comment.as_deref() == Some(config.container_id.as_str())
     };
     pick_tracked(added, targets, mine, |family| {
-        expected_rules(config, family)
+        let (dnat, masq) = expected_rules(config, family);
+        dnat + masq
     })
 }
 
-/// How many rules of a container [`nft_select_tracked`] must find in one family.
-fn expected_rules(config: &PortMapConfig, family: Family) -> usize {
-    let dnat = config
-        .mappings
-        .iter()
-        .filter(|m| m.applies_to(family))
-        .count();
-    let masq = match (config.snat, family, config.masq_all) {
-        (false, _, _) => 0,
-        (true, Family::V4, false) => 2,
-        (true, _, _) => 1,
-    };
-    dnat + masq
-}
-
 /// The container's rules in the `cni_hostport` table of `family`.
-pub(crate) fn nft_container_rules(
+pub(crate) fn container_rules(
     nl: &mut Nftnl,
     family: Family,
     container_id: &str,
 ) -> io::Result<Vec<NftRule>> {
-    let family_name = match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    };
     let mut out = Vec::new();
     for chain in NFT_CONTAINER_CHAINS {
         for rule in nl.rules(family, NFT_HOSTPORT_TABLE, chain)? {
             if rule.comment.as_deref() == Some(container_id) {
                 out.push(NftRule {
-                    family: family_name.to_string(),
+                    family: family.nft_word().to_string(),
                     table: NFT_HOSTPORT_TABLE.to_string(),
                     chain: chain.to_string(),
                     handle: rule.handle,
@@ -130,8 +98,8 @@ pub(crate) fn nft_container_rules(
 }
 
 /// DEL of one container's nftables rules in one family.
-pub(crate) fn nft_unforward(nl: &mut Nftnl, family: Family, container_id: &str) -> io::Result<()> {
-    let ops: Vec<Op> = nft_container_rules(nl, family, container_id)?
+pub(crate) fn unforward(nl: &mut Nftnl, family: Family, container_id: &str) -> io::Result<()> {
+    let ops: Vec<Op> = container_rules(nl, family, container_id)?
         .into_iter()
         .map(|r| Op::DeleteRule {
             chain: r.chain,
@@ -145,7 +113,7 @@ pub(crate) fn nft_unforward(nl: &mut Nftnl, family: Family, container_id: &str) 
 /// conditions would rebuild: the regular chains, `hostports_all` jumping to both,
 /// `prerouting` and `output` each holding the one `fib daddr type local jump
 /// hostports_all` rule, and `masquerading` when `snat`.
-pub(crate) fn nft_skeleton_ready(nl: &mut Nftnl, family: Family, snat: bool) -> io::Result<bool> {
+pub(crate) fn skeleton_ready(nl: &mut Nftnl, family: Family, snat: bool) -> io::Result<bool> {
     let t = NFT_HOSTPORT_TABLE;
     let mut needed = vec![NFT_HOSTPORTS_CHAIN, NFT_HOSTIP_HOSTPORTS_CHAIN];
     if snat {
@@ -228,12 +196,12 @@ mod tests {
                 &[NFT_HOSTPORTS_ALL_CHAIN],
             ),
         ];
-        let got = nft_select_tracked(&seen, &config, &[v4]).unwrap();
+        let got = select_tracked(&seen, &config, &[v4]).unwrap();
         assert_eq!(
             got.iter().map(|r| r.handle).collect::<Vec<_>>(),
             [1, 2, 3, 4]
         );
-        assert_eq!(nft_select_tracked(&seen[1..], &config, &[v4]), None);
+        assert_eq!(select_tracked(&seen[1..], &config, &[v4]), None);
     }
 
     #[test]
