@@ -3,13 +3,14 @@
 
 use ipnetwork::IpNetwork;
 
+use super::Backend;
 use super::driver::NatDriver;
 use super::error::NatError;
 use super::iptables::Iptables;
 use super::lock::lock;
 use super::model::Attachment;
 use super::nftables::Nftables;
-use super::{Backend, names, sets};
+use super::sets::NftablesSets;
 
 /// Installs masquerading for `ips` of the container. Idempotent: the container's rules
 /// are replaced, and nothing is committed when they are already right.
@@ -30,14 +31,7 @@ pub fn setup_masq(
     match backend {
         Backend::Iptables => Iptables.setup_masq(network, ifname, container_id, ips),
         Backend::Nftables => Nftables.setup_masq(network, ifname, container_id, ips),
-        Backend::NftablesSets => {
-            if !Backend::NftablesSets.available() {
-                return Err(NatError::ToolMissing("nft"));
-            }
-            sets::masq_setup(network, ifname, container_id, ips).map_err(|e| {
-                e.context(|| format!("set up ipMasq (nftables-sets) for {container_id}"))
-            })
-        }
+        Backend::NftablesSets => NftablesSets.setup_masq(network, ifname, container_id, ips),
     }
 }
 
@@ -66,10 +60,10 @@ pub fn teardown_masq(
     {
         errors.push(e);
     }
-    if sets::table_may_exist(names::SETS_MASQ_TABLE)
-        && let Err(e) = sets::masq_teardown(network, ifname, container_id, addresses)
+    if NftablesSets.may_hold_masq()
+        && let Err(e) = NftablesSets.teardown_masq(network, ifname, container_id, addresses)
     {
-        errors.push(e.context(|| format!("tear down ipMasq (nftables-sets) for {container_id}")));
+        errors.push(e);
     }
     NatError::collect(errors)
 }
@@ -90,10 +84,10 @@ pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> 
     {
         errors.push(e);
     }
-    if sets::table_may_exist(names::SETS_MASQ_TABLE)
-        && let Err(e) = sets::masq_gc(network, valid)
+    if NftablesSets.may_hold_masq()
+        && let Err(e) = NftablesSets.gc_masq(network, valid)
     {
-        errors.push(e.context(|| format!("GC ipMasq (nftables-sets) of network {network}")));
+        errors.push(e);
     }
     NatError::collect(errors)
 }

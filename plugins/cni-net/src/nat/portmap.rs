@@ -14,13 +14,14 @@
 
 use ipnetwork::IpNetwork;
 
+use super::Backend;
 use super::driver::{NatDriver, PortHints};
 use super::error::NatError;
 use super::iptables::Iptables;
 use super::lock::lock;
 use super::model::{PortMapConfig, PortMapping, Proto, RuleRef, per_family};
 use super::nftables::Nftables;
-use super::{Backend, names, sets};
+use super::sets::NftablesSets;
 use crate::Family;
 use crate::nftnl::conntrack::{DstFilter, delete_matching};
 use crate::nftnl::{self, Monitor};
@@ -78,18 +79,7 @@ fn forward_locked(
 ) -> Result<(), NatError> {
     match backend {
         Backend::Iptables => Iptables.forward_ports(config, targets, prior),
-        Backend::NftablesSets => {
-            // Without a record of an earlier ADD there is nothing of ours to sweep first.
-            let readd = prior.is_none_or(|p| !p.is_empty());
-            sets::hostport_forward(config, targets, readd).map_err(|e| {
-                e.context(|| {
-                    format!(
-                        "set up port mappings (nftables-sets) for {}",
-                        config.container_id
-                    )
-                })
-            })
-        }
+        Backend::NftablesSets => NftablesSets.forward_ports(config, targets, prior),
         Backend::Nftables => Nftables.forward_ports(config, targets, prior),
     }
 }
@@ -107,7 +97,7 @@ pub fn check_ports(
     match backend {
         Backend::Iptables => Iptables.check_ports(config, &targets),
         Backend::Nftables => Nftables.check_ports(config, &targets),
-        Backend::NftablesSets => sets::hostport_check(config, &targets),
+        Backend::NftablesSets => NftablesSets.check_ports(config, &targets),
     }
 }
 
@@ -148,12 +138,11 @@ pub fn unforward_ports_installed(
     let installed = installed.as_ref().map(|(m, t)| (*m, t.as_slice()));
     let configured = unforward_locked(backend, network, container_id, known, installed);
     // A container added under another layout (the config changed since) is found too.
-    let sets_layout =
-        if backend != Backend::NftablesSets && sets::table_may_exist(names::SETS_HOSTPORT_TABLE) {
-            sets::hostport_unforward(network, container_id, None)
-        } else {
-            Ok(())
-        };
+    let sets_layout = if backend != Backend::NftablesSets && NftablesSets.may_hold_ports() {
+        NftablesSets.unforward_ports(network, container_id, &PortHints::default())
+    } else {
+        Ok(())
+    };
     NatError::collect(
         configured
             .err()
@@ -171,10 +160,9 @@ fn unforward_locked(
     installed: Option<(&[PortMapping], &[IpNetwork])>,
 ) -> Result<(), NatError> {
     match backend {
-        Backend::NftablesSets => sets::hostport_unforward(network, container_id, installed)
-            .map_err(|e| {
-                e.context(|| format!("tear down port mappings (nftables-sets) for {container_id}"))
-            }),
+        Backend::NftablesSets => {
+            NftablesSets.unforward_ports(network, container_id, &PortHints { known, installed })
+        }
         Backend::Iptables => {
             Iptables.unforward_ports(network, container_id, &PortHints { known, installed })
         }

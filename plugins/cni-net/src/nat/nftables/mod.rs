@@ -18,8 +18,6 @@ use crate::nftnl::{self, AddedRule, Op};
 use crate::tools::Tool;
 use tool::{NftRule, list_chain, list_table, list_table_doc, parse_rules_doc, transact};
 
-pub(crate) use tool::apply;
-
 /// The nftables driver; stateless, one `static` in `backend.rs`.
 pub(crate) struct Nftables;
 
