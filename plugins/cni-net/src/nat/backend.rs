@@ -1,36 +1,39 @@
-//! Which firewall layout programs the rules, and how the configs name them.
+//! Which firewall layout programs the rules: how the configs name them, which one a
+//! node defaults to, and the driver of each. The only file that names all drivers.
 
-use super::error::NatError;
-use super::iptables;
+use super::driver::NatDriver;
+use super::iptables::{self, Iptables};
+use super::nftables::Nftables;
+use super::sets::NftablesSets;
 use crate::Family;
-use crate::tools;
+use crate::tools::Tool;
+
+/// The drivers are stateless: one `static` each, so choosing one costs no allocation.
+static IPTABLES: Iptables = Iptables;
+static NFTABLES: Nftables = Nftables;
+static NFTABLES_SETS: NftablesSets = NftablesSets;
 
 /// Which firewall API programs the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     Iptables,
     Nftables,
-    /// Ours only, opt-in: fixed nftables rules over per-pod set elements ([`sets`](super::sets)).
+    /// Ours only, opt-in: fixed nftables rules over per-pod set elements
+    /// ([`sets`](super::sets)).
     NftablesSets,
 }
 
 impl Backend {
-    /// The config spelling, `"iptables"` or `"nftables"`.
+    /// Every layout, in the order teardown and GC visit them.
+    pub const ALL: [Backend; 3] = [Backend::Iptables, Backend::Nftables, Backend::NftablesSets];
+
+    /// The config spelling: `"iptables"`, `"nftables"` or `"nftables-sets"`.
     pub fn parse(value: &str) -> Option<Backend> {
-        match value {
-            "iptables" => Some(Backend::Iptables),
-            "nftables" => Some(Backend::Nftables),
-            "nftables-sets" => Some(Backend::NftablesSets),
-            _ => None,
-        }
+        Backend::ALL.into_iter().find(|b| b.as_str() == value)
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Iptables => "iptables",
-            Backend::Nftables => "nftables",
-            Backend::NftablesSets => "nftables-sets",
-        }
+        self.driver().name()
     }
 
     /// Whether this backend's tools are installed. Cheap: a PATH lookup, cached per
@@ -39,7 +42,7 @@ impl Backend {
         match self {
             Backend::Iptables => iptables::available(Family::V4),
             // The sets layout needs `nft` once per node, to create its tables.
-            Backend::Nftables | Backend::NftablesSets => tools::Tool::Nft.available(),
+            Backend::Nftables | Backend::NftablesSets => Tool::Nft.available(),
         }
     }
 
@@ -51,15 +54,13 @@ impl Backend {
             Backend::Iptables
         }
     }
-}
 
-/// Resolves bridge's `ipMasqBackend`: unset → [`Backend::detect`], anything but
-/// `iptables`/`nftables` → `unknown ipmasq backend "x"`.
-pub fn select_masq_backend(configured: Option<&str>) -> Result<Backend, NatError> {
-    match configured {
-        None => Ok(Backend::detect()),
-        Some(value) => {
-            Backend::parse(value).ok_or_else(|| NatError::UnknownBackend(value.to_string()))
+    /// The driver that programs this layout.
+    pub(crate) fn driver(self) -> &'static dyn NatDriver {
+        match self {
+            Backend::Iptables => &IPTABLES,
+            Backend::Nftables => &NFTABLES,
+            Backend::NftablesSets => &NFTABLES_SETS,
         }
     }
 }
@@ -70,20 +71,12 @@ mod tests {
 
     #[test]
     fn backend_config_values() {
-        assert_eq!(
-            select_masq_backend(Some("iptables")).unwrap(),
-            Backend::Iptables
-        );
-        assert_eq!(
-            select_masq_backend(Some("nftables")).unwrap(),
-            Backend::Nftables
-        );
-        assert_eq!(
-            select_masq_backend(Some("ebtables"))
-                .unwrap_err()
-                .to_string(),
-            r#"unknown ipmasq backend "ebtables""#
-        );
-        assert_eq!(select_masq_backend(None).unwrap(), Backend::detect());
+        assert_eq!(Backend::parse("iptables"), Some(Backend::Iptables));
+        assert_eq!(Backend::parse("nftables"), Some(Backend::Nftables));
+        assert_eq!(Backend::parse("nftables-sets"), Some(Backend::NftablesSets));
+        assert_eq!(Backend::parse("ebtables"), None);
+        for backend in Backend::ALL {
+            assert_eq!(Backend::parse(backend.as_str()), Some(backend));
+        }
     }
 }

@@ -13,8 +13,6 @@ use crate::nftnl::AddedRule;
 /// lookup or one netlink GETTABLE, never a process. Each driver adds the context of its
 /// own errors ("set up ipMasq (nftables) for …"; the iptables driver names the IP
 /// family there, as the reference's messages do).
-// Until every backend is a driver (step 7 of the re-layout) some methods have no caller.
-#[allow(dead_code)]
 pub(crate) trait NatDriver: Sync {
     /// The config spelling: `iptables`, `nftables`, `nftables-sets`.
     fn name(&self) -> &'static str;
@@ -76,7 +74,6 @@ pub(crate) trait NatDriver: Sync {
 }
 
 /// What an earlier ADD left behind, when known; `PortHints::default()` means "search".
-#[allow(dead_code)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PortHints<'a> {
     /// Handles recorded by forward_ports.
@@ -128,5 +125,170 @@ pub(crate) fn added_rule(
             jumps: jumps.iter().map(|j| j.to_string()).collect(),
             exprs: Vec::new(),
         },
+    }
+}
+
+/// A driver that records what the verbs ask of it, for testing their cross-layout
+/// rules without root or firewall, as host-local's allocator is tested against its
+/// in-memory store.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::fs::File;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// One call, and whether the NAT lock was held during it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub(crate) struct Call {
+        pub what: String,
+        pub locked: bool,
+    }
+
+    impl Call {
+        pub(crate) fn locked(what: &str) -> Call {
+            Call {
+                what: what.to_string(),
+                locked: true,
+            }
+        }
+
+        pub(crate) fn unlocked(what: &str) -> Call {
+            Call {
+                what: what.to_string(),
+                locked: false,
+            }
+        }
+    }
+
+    /// A lock file of its own for one test, removed when the guard goes.
+    pub(crate) fn lock_file(tag: &str) -> (PathBuf, RemoveOnDrop) {
+        let path =
+            std::env::temp_dir().join(format!("cni-nat-verbs-{tag}-{}.lock", std::process::id()));
+        (path.clone(), RemoveOnDrop(path))
+    }
+
+    pub(crate) struct RemoveOnDrop(PathBuf);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    pub(crate) struct RecordingDriver {
+        name: &'static str,
+        lock: PathBuf,
+        holds: bool,
+        fails: bool,
+        calls: Mutex<Vec<Call>>,
+    }
+
+    impl RecordingDriver {
+        /// A driver that may hold state, succeeds, and checks `lock` on every call.
+        pub(crate) fn new(name: &'static str, lock: &Path) -> RecordingDriver {
+            RecordingDriver {
+                name,
+                lock: lock.to_path_buf(),
+                holds: true,
+                fails: false,
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// Its probes say it holds nothing.
+        pub(crate) fn holding_nothing(mut self) -> RecordingDriver {
+            self.holds = false;
+            self
+        }
+
+        /// Every call fails with `"<name>: <call> failed"`.
+        pub(crate) fn failing(mut self) -> RecordingDriver {
+            self.fails = true;
+            self
+        }
+
+        pub(crate) fn calls(&self) -> Vec<Call> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+
+        fn record(&self, what: String) -> Result<(), NatError> {
+            // Held by the verb (another open file of this process) means WouldBlock.
+            let locked = File::open(&self.lock)
+                .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+            let failure = format!("{}: {what} failed", self.name);
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(Call { what, locked });
+            }
+            if self.fails {
+                Err(NatError::Check(failure))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl NatDriver for RecordingDriver {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn setup_masq(&self, _: &str, _: &str, id: &str, _: &[IpNetwork]) -> Result<(), NatError> {
+            self.record(format!("setup_masq {id}"))
+        }
+
+        fn may_hold_masq(&self) -> bool {
+            self.holds
+        }
+
+        fn teardown_masq(
+            &self,
+            _: &str,
+            _: &str,
+            id: &str,
+            _: Option<&[IpNetwork]>,
+        ) -> Result<(), NatError> {
+            self.record(format!("teardown_masq {id}"))
+        }
+
+        fn gc_masq(&self, network: &str, _: &[Attachment<'_>]) -> Result<(), NatError> {
+            self.record(format!("gc_masq {network}"))
+        }
+
+        fn forward_ports(
+            &self,
+            config: &PortMapConfig,
+            targets: &[IpNetwork],
+            prior: Option<&[RuleRef]>,
+        ) -> Result<(), NatError> {
+            let prior = prior.map_or("unknown".to_string(), |p| p.len().to_string());
+            self.record(format!(
+                "forward_ports {} to {} targets, prior {prior}",
+                config.container_id,
+                targets.len()
+            ))
+        }
+
+        fn check_ports(&self, config: &PortMapConfig, _: &[IpNetwork]) -> Result<(), NatError> {
+            self.record(format!("check_ports {}", config.container_id))
+        }
+
+        fn may_hold_ports(&self) -> bool {
+            self.holds
+        }
+
+        fn unforward_ports(
+            &self,
+            _: &str,
+            id: &str,
+            hints: &PortHints<'_>,
+        ) -> Result<(), NatError> {
+            let known = hints.known.map_or(0, <[RuleRef]>::len);
+            let installed = hints.installed.map_or(0, |(_, t)| t.len());
+            self.record(format!(
+                "unforward_ports {id}, {known} known, {installed} addresses"
+            ))
+        }
     }
 }

@@ -199,7 +199,7 @@ fn portmap_iptables_forward_check_unforward() {
     };
     let config = portmap_config("1234");
     let ips = nets(&["10.88.0.2/16", "2001:db8:1::2/64"]);
-    ns.run(|| forward_ports(Backend::Iptables, &config, &ips))
+    ns.run(|| forward_ports(Backend::Iptables, &config, &ips, None).map(drop))
         .unwrap();
     let dn = names::dnat_chain("test", "1234");
     let dc = r#"-m comment --comment "dnat name: \"test\" id: \"1234\"""#;
@@ -234,11 +234,11 @@ fn portmap_iptables_forward_check_unforward() {
     ns.run(|| check_ports(Backend::Iptables, &config, &ips))
         .unwrap();
     let dump = ns.nat_dump(false);
-    ns.run(|| forward_ports(Backend::Iptables, &config, &ips))
+    ns.run(|| forward_ports(Backend::Iptables, &config, &ips, None).map(drop))
         .unwrap();
     assert_eq!(ns.nat_dump(false), dump, "repeated ADD must change nothing");
 
-    ns.run(|| unforward_ports(Backend::Iptables, "test", "1234"))
+    ns.run(|| unforward_ports(Backend::Iptables, "test", "1234", &PortHints::default()))
         .unwrap();
     assert!(
         ns.run(|| check_ports(Backend::Iptables, &config, &ips))
@@ -250,7 +250,7 @@ fn portmap_iptables_forward_check_unforward() {
         assert!(chains.contains(&"CNI-HOSTPORT-DNAT".to_string()));
         assert!(!ns.nat_rules(v6).iter().any(|r| r.contains(&dn)));
     }
-    ns.run(|| unforward_ports(Backend::Iptables, "test", "1234"))
+    ns.run(|| unforward_ports(Backend::Iptables, "test", "1234", &PortHints::default()))
         .unwrap();
 }
 
@@ -261,9 +261,9 @@ fn portmap_nftables_forward_check_unforward() {
     };
     let config = portmap_config("1234");
     let ips = nets(&["10.88.0.2/16", "2001:db8:1::2/64"]);
-    ns.run(|| forward_ports(Backend::Nftables, &config, &ips))
+    ns.run(|| forward_ports(Backend::Nftables, &config, &ips, None).map(drop))
         .unwrap();
-    ns.run(|| forward_ports(Backend::Nftables, &config, &ips))
+    ns.run(|| forward_ports(Backend::Nftables, &config, &ips, None).map(drop))
         .unwrap();
     let ruleset = ns.nft_ruleset();
     assert!(
@@ -284,7 +284,7 @@ fn portmap_nftables_forward_check_unforward() {
     ns.run(|| check_ports(Backend::Nftables, &config, &ips))
         .unwrap();
 
-    ns.run(|| unforward_ports(Backend::Nftables, "test", "1234"))
+    ns.run(|| unforward_ports(Backend::Nftables, "test", "1234", &PortHints::default()))
         .unwrap();
     let ruleset = ns.nft_ruleset();
     assert!(!ruleset.contains("\"1234\""), "{ruleset}");
@@ -293,7 +293,7 @@ fn portmap_nftables_forward_check_unforward() {
         ns.run(|| check_ports(Backend::Nftables, &config, &ips))
             .is_err()
     );
-    ns.run(|| unforward_ports(Backend::Nftables, "test", "1234"))
+    ns.run(|| unforward_ports(Backend::Nftables, "test", "1234", &PortHints::default()))
         .unwrap();
 }
 
@@ -308,9 +308,9 @@ fn portmap_concurrent_first_adds_share_one_skeleton() {
             s.spawn(move || {
                 let config = PortMapConfig::new("test", &format!("c{i}"), vec![tcp(9000 + i, 80)]);
                 let ip = nets(&[&format!("10.88.2.{}/16", i + 2)]);
-                ns.run(|| forward_ports(Backend::Iptables, &config, &ip))
+                ns.run(|| forward_ports(Backend::Iptables, &config, &ip, None).map(drop))
                     .unwrap();
-                ns.run(|| forward_ports(Backend::Nftables, &config, &ip))
+                ns.run(|| forward_ports(Backend::Nftables, &config, &ip, None).map(drop))
                     .unwrap();
             });
         }
@@ -361,7 +361,7 @@ fn portmap_racing_the_reference_never_loses_its_rules() {
             s.spawn(move || {
                 let config = PortMapConfig::new("test", &format!("rs{i}"), vec![tcp(9000 + i, 80)]);
                 let ip = nets(&[&format!("10.88.4.{}/16", i + 2)]);
-                host.run(|| forward_ports(Backend::Iptables, &config, &ip))
+                host.run(|| forward_ports(Backend::Iptables, &config, &ip, None).map(drop))
                     .unwrap();
             });
         }
@@ -495,18 +495,18 @@ fn differential_portmap_against_reference() {
     let reference6 = host.nat_dump(true);
     host.run(|| check_ports(Backend::Iptables, &config, &ips))
         .unwrap();
-    host.run(|| forward_ports(Backend::Iptables, &config, &ips))
+    host.run(|| forward_ports(Backend::Iptables, &config, &ips, None).map(drop))
         .unwrap();
     assert_eq!(host.nat_dump(false), reference4);
     assert_eq!(host.nat_dump(true), reference6);
-    host.run(|| unforward_ports(Backend::Iptables, "test", "1234"))
+    host.run(|| unforward_ports(Backend::Iptables, "test", "1234", &PortHints::default()))
         .unwrap();
     let dn = names::dnat_chain("test", "1234");
     let skeleton4 = host.nat_dump(false);
     assert!(!skeleton4.contains(&dn), "{skeleton4}");
 
     // Our ADD, reference DEL.
-    host.run(|| forward_ports(Backend::Iptables, &config, &ips))
+    host.run(|| forward_ports(Backend::Iptables, &config, &ips, None).map(drop))
         .unwrap();
     assert_eq!(host.nat_dump(false), reference4);
     run_reference(&host, "portmap", "DEL", &ctr, &conf);
@@ -675,7 +675,7 @@ fn portmap_sets_layout_add_check_conflict_del() {
     );
     let ips = nets(&["10.88.0.2/16", "2001:db8:1::2/64"]);
     for _ in 0..2 {
-        ns.run(|| forward_ports(Backend::NftablesSets, &config, &ips))
+        ns.run(|| forward_ports(Backend::NftablesSets, &config, &ips, None).map(drop))
             .unwrap();
     }
     ns.run(|| check_ports(Backend::NftablesSets, &config, &ips))
@@ -712,23 +712,31 @@ fn portmap_sets_layout_add_check_conflict_del() {
     let before = ns.nft_ruleset();
     let thief = PortMapConfig::new("test", "5678", vec![tcp(8080, 81)]);
     let err = ns
-        .run(|| forward_ports(Backend::NftablesSets, &thief, &nets(&["10.88.0.3/16"])))
+        .run(|| {
+            forward_ports(
+                Backend::NftablesSets,
+                &thief,
+                &nets(&["10.88.0.3/16"]),
+                None,
+            )
+            .map(drop)
+        })
         .unwrap_err();
     assert!(err.to_string().contains("held by test 1234"), "{err}");
     assert_eq!(ns.nft_ruleset(), before);
 
     // A re-ADD with other mappings replaces the old ones.
     config.mappings = vec![tcp(9090, 90)];
-    ns.run(|| forward_ports(Backend::NftablesSets, &config, &ips))
+    ns.run(|| forward_ports(Backend::NftablesSets, &config, &ips, None).map(drop))
         .unwrap();
     let any4 = nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "dnat_any");
     assert!(any4.len() == 1 && any4[0].contains("9090"), "{any4:?}");
     assert!(nft_elements(&ns, "ip", names::SETS_HOSTPORT_TABLE, "dnat_ip").is_empty());
 
     // DEL needs neither mappings nor addresses, under any configured backend.
-    ns.run(|| unforward_ports(Backend::Iptables, "test", "1234"))
+    ns.run(|| unforward_ports(Backend::Iptables, "test", "1234", &PortHints::default()))
         .unwrap();
-    ns.run(|| unforward_ports(Backend::NftablesSets, "test", "1234"))
+    ns.run(|| unforward_ports(Backend::NftablesSets, "test", "1234", &PortHints::default()))
         .unwrap();
     for family in ["ip", "ip6"] {
         for set in ["dnat_any", "dnat_ip", "masq"] {
@@ -754,7 +762,7 @@ fn sets_layout_takes_over_a_reused_address() {
             .unwrap();
         let port = if id == "old" { 8080 } else { 9090 };
         let config = PortMapConfig::new("test", id, vec![tcp(port, 80)]);
-        ns.run(|| forward_ports(Backend::NftablesSets, &config, &ip))
+        ns.run(|| forward_ports(Backend::NftablesSets, &config, &ip, None).map(drop))
             .unwrap();
     }
     let ruleset = ns.nft_ruleset();

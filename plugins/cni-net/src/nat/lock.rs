@@ -18,10 +18,6 @@ pub(crate) struct NatLock {
     _file: File,
 }
 
-pub(crate) fn lock() -> Result<NatLock, NatError> {
-    lock_at(Path::new(LOCK_PATH))
-}
-
 pub(crate) fn lock_at(path: &Path) -> Result<NatLock, NatError> {
     let err = |source| NatError::Lock {
         path: path.display().to_string(),

@@ -1,7 +1,17 @@
-//! NAT backends: ipMasq for `bridge`, host-port mapping for `portmap`.
+//! NAT: ipMasq for `bridge`, host-port mapping for `portmap`, in three layouts.
+//!
+//! ```ignore
+//! use cni_net::nat::{self, Backend, PortHints, PortMapConfig};
+//!
+//! nat::setup_masq(Backend::detect(), "cbr0", "eth0", id, &ips)?;     // bridge ADD
+//! let record = nat::forward_ports(backend, &config, &ips, None)?;    // portmap ADD
+//! let hints = PortHints { known: record.as_deref(), installed: None };
+//! nat::unforward_ports(backend, "cbr0", id, &hints)?;                 // portmap DEL
+//! nat::teardown_masq("cbr0", "eth0", id, None)?;                      // bridge DEL
+//! ```
 //!
 //! # Compatibility
-//! Chains, tables, rule text and comments are the reference plugins' (see [`names`]), so
+//! Chains, tables, rule text and comments are the reference plugins' (see `names.rs`), so
 //! a node can switch between the Go and Rust plugins with pods running and either side
 //! can DEL or GC what the other created.
 //!
@@ -33,18 +43,44 @@
 //! Teardown never needs the container's addresses: the per-container iptables chains
 //! are named from (network, container ID) and every rule that jumps to them is found in
 //! the saved table; nftables rules are found by their comments.
+//!
+//! # Layout
+//! The verbs the plugins call (`masq.rs`, `portmap.rs`) take the lock and say the
+//! cross-layout rules (teardown and GC visit every layout that may hold state). They
+//! reach a layout only through a `NatDriver` (`driver.rs`), which `backend.rs` picks:
+//! `iptables/`, `nftables/` and `sets/`, each owning its own fast paths (`kernel*`)
+//! under its tools and renderers. The drivers share only the data (`model.rs`), the
+//! kernel-visible names (`names.rs`) and the netfilter client (`crate::nftnl`).
+//!
+//! # Layers
+//! A file imports only from a lower rank, or from the same rank in its own folder (a
+//! `**` entry is one folder). Inside a backend folder, its `mod.rs` (the driver) is the
+//! top: the rest of the folder never imports it, and no backend imports another.
+//! `tests/layers.rs` holds every `use`, `crate::` and `super::` path of the crate to
+//! this table:
+//!
+//! | rank | files |
+//! |------|-------|
+//! | 0 | `family.rs` `error.rs` `nat/error.rs` `nat/names.rs` `nat/model.rs` `nat/testns.rs` |
+//! | 1 | `tools.rs` `netns.rs` `sysctl.rs` `netlink/**` `nftnl/wire.rs` `nat/lock.rs` |
+//! | 2 | `nftnl/**` |
+//! | 3 | `nat/driver.rs` |
+//! | 4 | `nat/iptables/**` `nat/nftables/**` `nat/sets/**` |
+//! | 5 | `nat/backend.rs` |
+//! | 6 | `nat/masq.rs` `nat/portmap.rs` |
+//! | 7 | `nat/mod.rs` `nat/itests.rs` `lib.rs` |
 
 mod backend;
 mod driver;
 pub(crate) mod error;
 mod iptables;
 mod lock;
-pub mod masq;
+mod masq;
 pub(crate) mod model;
-pub mod names;
+pub(crate) mod names;
 mod nftables;
-pub mod portmap;
-pub mod sets;
+mod portmap;
+mod sets;
 
 #[cfg(test)]
 mod itests;
@@ -53,12 +89,11 @@ mod testns;
 
 /// The crate's one family type; kept under its old name for the plugins.
 pub use crate::Family as IpFamily;
-pub use backend::{Backend, select_masq_backend};
+pub use backend::Backend;
+pub use driver::PortHints;
 pub use error::NatError;
 pub use lock::LOCK_PATH;
 pub use masq::{gc_masq, setup_masq, teardown_masq};
 pub use model::{Attachment, PortMapConfig, PortMapping, Proto, RuleRef};
-pub use portmap::{
-    check_ports, flush_udp_host_ports, forward_ports, forward_ports_tracked, unforward_ports,
-    unforward_ports_installed, unforward_ports_tracked,
-};
+pub use names::DEFAULT_MARK_MASQ_BIT;
+pub use portmap::{check_ports, flush_udp_host_ports, forward_ports, unforward_ports};

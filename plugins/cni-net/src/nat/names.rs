@@ -17,6 +17,7 @@ pub const HOSTPORT_SETMARK_CHAIN: &str = "CNI-HOSTPORT-SETMARK";
 /// nat table chain, first in `POSTROUTING`, masquerading marked packets.
 pub const HOSTPORT_MASQ_CHAIN: &str = "CNI-HOSTPORT-MASQ";
 /// Shared chain of portmap versions before 0.7; only ever torn down.
+#[allow(dead_code)] // named for the record: only its per-container chains are removed
 pub const OLD_HOSTPORT_SNAT_CHAIN: &str = "CNI-HOSTPORT-SNAT";
 /// Comment on the rule in `CNI-HOSTPORT-SETMARK`.
 pub const SETMARK_COMMENT: &str = "CNI portfwd masquerade mark";

@@ -12,16 +12,15 @@
 //! nftables layout: tables `ip cni_hostport` and `ip6 cni_hostport`, one rule per
 //! mapping commented with the container ID.
 
+use std::path::Path;
+
 use ipnetwork::IpNetwork;
 
 use super::Backend;
 use super::driver::{NatDriver, PortHints};
 use super::error::NatError;
-use super::iptables::Iptables;
-use super::lock::lock;
+use super::lock::{LOCK_PATH, lock_at};
 use super::model::{PortMapConfig, PortMapping, Proto, RuleRef, per_family};
-use super::nftables::Nftables;
-use super::sets::NftablesSets;
 use crate::Family;
 use crate::nftnl::conntrack::{DstFilter, delete_matching};
 use crate::nftnl::{self, Monitor};
@@ -29,20 +28,29 @@ use crate::nftnl::{self, Monitor};
 /// Installs the mappings of `config` towards `container_ips` (the first address of
 /// each family is used). Idempotent: a repeated call replaces the container's rules.
 /// Does nothing, and runs nothing, when there are no mappings.
+///
+/// Returns the handles of the rules a DEL will have to remove (`None` when they could
+/// not all be learned), for [`PortHints::known`]. `prior` is the record of an earlier
+/// ADD of the same container (`Some(&[])`: there was none), which spares searching for
+/// its old rules.
 pub fn forward_ports(
     backend: Backend,
     config: &PortMapConfig,
     container_ips: &[IpNetwork],
-) -> Result<(), NatError> {
-    forward_ports_tracked(backend, config, container_ips, None).map(drop)
+    prior: Option<&[RuleRef]>,
+) -> Result<Option<Vec<RuleRef>>, NatError> {
+    forward_with(
+        backend.driver(),
+        Path::new(LOCK_PATH),
+        config,
+        container_ips,
+        prior,
+    )
 }
 
-/// [`forward_ports`] that also returns the handles of the rules a DEL will have to
-/// remove (`None` when they could not all be learned), for
-/// [`unforward_ports_tracked`]. `prior` is the record of an earlier ADD of the same
-/// container (`Some(&[])`: there was none), which spares searching for its old rules.
-pub fn forward_ports_tracked(
-    backend: Backend,
+fn forward_with(
+    driver: &dyn NatDriver,
+    lock: &Path,
     config: &PortMapConfig,
     container_ips: &[IpNetwork],
     prior: Option<&[RuleRef]>,
@@ -51,125 +59,101 @@ pub fn forward_ports_tracked(
     if config.mappings.is_empty() || targets.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    let _lock = lock()?;
-    if backend == Backend::NftablesSets {
-        // Set elements are found again by their comment: nothing to track.
-        return forward_locked(backend, config, &targets, prior).map(|()| Some(Vec::new()));
+    let _lock = lock_at(lock)?;
+    if !driver.tracks_rules() {
+        return driver
+            .forward_ports(config, &targets, prior)
+            .map(|()| Some(Vec::new()));
     }
     // Opened before any rule is written, so that no announcement is missed.
     let monitor = Monitor::open().ok();
-    let result = forward_locked(backend, config, &targets, prior);
+    let result = driver.forward_ports(config, &targets, prior);
     let added = monitor.and_then(|m| {
         let added = m.added_rules().ok();
         nftnl::close_at_exit(m);
         added
     });
     result?;
-    Ok(added.and_then(|added| match backend {
-        Backend::Iptables => Iptables.select_tracked(&added, config, &targets),
-        _ => Nftables.select_tracked(&added, config, &targets),
-    }))
+    Ok(added.and_then(|added| driver.select_tracked(&added, config, &targets)))
 }
 
-fn forward_locked(
-    backend: Backend,
-    config: &PortMapConfig,
-    targets: &[IpNetwork],
-    prior: Option<&[RuleRef]>,
-) -> Result<(), NatError> {
-    match backend {
-        Backend::Iptables => Iptables.forward_ports(config, targets, prior),
-        Backend::NftablesSets => NftablesSets.forward_ports(config, targets, prior),
-        Backend::Nftables => Nftables.forward_ports(config, targets, prior),
-    }
-}
-
-/// CHECK: every rule [`forward_ports`] would install is present.
+/// CHECK: every rule [`forward_ports`] would install is present. Reads only: no lock.
 pub fn check_ports(
     backend: Backend,
     config: &PortMapConfig,
     container_ips: &[IpNetwork],
 ) -> Result<(), NatError> {
-    let targets = per_family(container_ips);
+    check_with(backend.driver(), config, container_ips)
+}
+
+fn check_with(
+    driver: &dyn NatDriver,
+    config: &PortMapConfig,
+    container_ips: &[IpNetwork],
+) -> Result<(), NatError> {
     if config.mappings.is_empty() {
         return Ok(());
     }
-    match backend {
-        Backend::Iptables => Iptables.check_ports(config, &targets),
-        Backend::Nftables => Nftables.check_ports(config, &targets),
-        Backend::NftablesSets => NftablesSets.check_ports(config, &targets),
-    }
+    driver.check_ports(config, &per_family(container_ips))
 }
 
-/// Removes every mapping rule of (network, container) in both families, without
-/// needing the mappings or addresses. Idempotent; absent chains and tables are fine.
+/// Removes every mapping rule of (network, container) in both families. Needs neither
+/// the mappings nor the addresses; `hints` (what the last ADD recorded, and
+/// prevResult's addresses) only spare searching. Idempotent; absent chains and tables
+/// are fine.
+///
+/// A container added under another layout (the config changed since) is found too:
+/// the nftables-sets layout is swept whenever another one is configured.
 pub fn unforward_ports(
     backend: Backend,
     network: &str,
     container_id: &str,
+    hints: &PortHints<'_>,
 ) -> Result<(), NatError> {
-    unforward_ports_tracked(backend, network, container_id, None)
-}
-
-/// [`unforward_ports`] using the handles [`forward_ports_tracked`] returned (`None`
-/// when there is no such record), so that no shared chain has to be searched.
-pub fn unforward_ports_tracked(
-    backend: Backend,
-    network: &str,
-    container_id: &str,
-    known: Option<&[RuleRef]>,
-) -> Result<(), NatError> {
-    unforward_ports_installed(backend, network, container_id, known, None)
-}
-
-/// [`unforward_ports_tracked`] that also knows what the last ADD installed (its
-/// recorded mappings and the container's addresses from prevResult), so that the
-/// nftables-sets layout can look its entries up one by one instead of listing every
-/// container's.
-pub fn unforward_ports_installed(
-    backend: Backend,
-    network: &str,
-    container_id: &str,
-    known: Option<&[RuleRef]>,
-    installed: Option<(&[PortMapping], &[IpNetwork])>,
-) -> Result<(), NatError> {
-    let _lock = lock()?;
-    let installed = installed.map(|(mappings, ips)| (mappings, per_family(ips)));
-    let installed = installed.as_ref().map(|(m, t)| (*m, t.as_slice()));
-    let configured = unforward_locked(backend, network, container_id, known, installed);
-    // A container added under another layout (the config changed since) is found too.
-    let sets_layout = if backend != Backend::NftablesSets && NftablesSets.may_hold_ports() {
-        NftablesSets.unforward_ports(network, container_id, &PortHints::default())
+    let sets = Backend::NftablesSets.driver();
+    let others: &[&dyn NatDriver] = if backend == Backend::NftablesSets {
+        &[]
     } else {
-        Ok(())
+        &[sets]
     };
-    NatError::collect(
-        configured
-            .err()
-            .into_iter()
-            .chain(sets_layout.err())
-            .collect(),
+    unforward_with(
+        backend.driver(),
+        others,
+        Path::new(LOCK_PATH),
+        network,
+        container_id,
+        hints,
     )
 }
 
-fn unforward_locked(
-    backend: Backend,
+fn unforward_with(
+    configured: &dyn NatDriver,
+    others: &[&dyn NatDriver],
+    lock: &Path,
     network: &str,
     container_id: &str,
-    known: Option<&[RuleRef]>,
-    installed: Option<(&[PortMapping], &[IpNetwork])>,
+    hints: &PortHints<'_>,
 ) -> Result<(), NatError> {
-    match backend {
-        Backend::NftablesSets => {
-            NftablesSets.unforward_ports(network, container_id, &PortHints { known, installed })
-        }
-        Backend::Iptables => {
-            Iptables.unforward_ports(network, container_id, &PortHints { known, installed })
-        }
-        Backend::Nftables => {
-            Nftables.unforward_ports(network, container_id, &PortHints { known, installed })
+    let _lock = lock_at(lock)?;
+    let targets = hints.installed.map(|(_, ips)| per_family(ips));
+    let hints = PortHints {
+        known: hints.known,
+        installed: hints
+            .installed
+            .zip(targets.as_deref())
+            .map(|((m, _), t)| (m, t)),
+    };
+    let mut errors: Vec<NatError> = configured
+        .unforward_ports(network, container_id, &hints)
+        .err()
+        .into_iter()
+        .collect();
+    for other in others.iter().filter(|d| d.may_hold_ports()) {
+        if let Err(e) = other.unforward_ports(network, container_id, &PortHints::default()) {
+            errors.push(e);
         }
     }
+    NatError::collect(errors)
 }
 
 /// Deletes the UDP entries towards the host ports of `mappings` that apply to `family`
@@ -191,8 +175,86 @@ pub fn flush_udp_host_ports(mappings: &[PortMapping], family: Family) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use super::super::driver::testing::{Call, RecordingDriver, lock_file};
     use super::*;
-    use crate::nat::model::Proto;
+
+    fn config(id: &str) -> PortMapConfig {
+        let tcp = PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        };
+        PortMapConfig::new("net", id, vec![tcp])
+    }
+
+    fn ips() -> Vec<IpNetwork> {
+        ["10.0.0.2/24", "10.0.0.3/24", "fd00::2/64"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn forward_maps_one_address_per_family_under_the_lock() {
+        let (lock, _dir) = lock_file("forward");
+        let d = RecordingDriver::new("a", &lock);
+        let tracked = forward_with(&d, &lock, &config("c1"), &ips(), Some(&[])).unwrap();
+        assert_eq!(
+            tracked,
+            Some(Vec::new()),
+            "nothing to track: an empty record"
+        );
+        assert_eq!(
+            d.calls(),
+            [Call::locked("forward_ports c1 to 2 targets, prior 0")]
+        );
+        // Without mappings or addresses nothing runs, not even the lock.
+        let none = PortMapConfig::new("net", "c2", Vec::new());
+        forward_with(&d, &lock, &none, &ips(), None).unwrap();
+        forward_with(&d, &lock, &config("c3"), &[], None).unwrap();
+        assert_eq!(d.calls().len(), 1);
+    }
+
+    #[test]
+    fn check_takes_no_lock() {
+        let (lock, _dir) = lock_file("check");
+        let d = RecordingDriver::new("a", &lock);
+        check_with(&d, &config("c1"), &ips()).unwrap();
+        assert_eq!(d.calls(), [Call::unlocked("check_ports c1")]);
+    }
+
+    #[test]
+    fn unforward_uses_the_hints_then_sweeps_the_other_layouts() {
+        let (lock, _dir) = lock_file("unforward");
+        let configured = RecordingDriver::new("a", &lock).failing();
+        let holding = RecordingDriver::new("b", &lock);
+        let empty = RecordingDriver::new("c", &lock).holding_nothing();
+        let mappings = config("c1").mappings;
+        let addresses = ips();
+        let hints = PortHints {
+            known: None,
+            installed: Some((&mappings, &addresses)),
+        };
+        let err = unforward_with(&configured, &[&holding, &empty], &lock, "net", "c1", &hints)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a: unforward_ports c1, 0 known, 2 addresses failed"
+        );
+        assert_eq!(
+            configured.calls(),
+            [Call::locked("unforward_ports c1, 0 known, 2 addresses")],
+            "one address per family reaches the driver"
+        );
+        // The configured layout failed; the others are still swept, with no hints
+        // (what the record says is about the configured layout).
+        assert_eq!(
+            holding.calls(),
+            [Call::locked("unforward_ports c1, 0 known, 0 addresses")]
+        );
+        assert_eq!(empty.calls(), []);
+    }
 
     #[test]
     fn udp_flush_only_covers_udp_mappings_of_the_family() {
