@@ -4,7 +4,7 @@
 //! so a failed ADD leaves nothing behind; the bridge and its gateway address
 //! are shared and stay.
 
-use cni_net::netlink::{Link, MacAddr, Netlink, OperState};
+use cni_net::netlink::{Link, LinkEvents, MacAddr, Netlink, OperState, PORT_UP_TIMEOUT};
 use cni_net::netns::NetNs;
 use cni_types::{CniResult, Interface, Request, invoke};
 
@@ -14,7 +14,6 @@ use crate::container;
 use crate::error::BridgeError;
 use crate::gateway::{self, Gateways};
 use crate::masq;
-use crate::portwatch::{LinkEvents, PORT_UP_TIMEOUT};
 use crate::spoofcheck::SpoofCheck;
 use crate::veth::{self, PortOptions};
 

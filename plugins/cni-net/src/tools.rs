@@ -1,5 +1,6 @@
 //! The external firewall tools: finding them (once per process), running them, and
-//! telling iptables-nft from iptables-legacy.
+//! telling iptables-nft from iptables-legacy. Used by the NAT layouts and by bridge's
+//! `macspoofchk`, so there is one runner and one nft quoting rule.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -15,7 +16,7 @@ use crate::nat::error::NatError;
 const FALLBACK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Tool {
+pub enum Tool {
     IptablesSave,
     IptablesRestore,
     Ip6tablesSave,
@@ -24,7 +25,7 @@ pub(crate) enum Tool {
 }
 
 impl Tool {
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Tool::IptablesSave => "iptables-save",
             Tool::IptablesRestore => "iptables-restore",
@@ -47,7 +48,7 @@ impl Tool {
 
     /// Absolute path of the tool, looked up once per process: availability checks must
     /// not cost a fork on every plugin call.
-    pub(crate) fn path(self) -> Option<&'static Path> {
+    pub fn path(self) -> Option<&'static Path> {
         self.slot()
             .get_or_init(|| {
                 let path = std::env::var_os("PATH")
@@ -58,7 +59,7 @@ impl Tool {
             .as_deref()
     }
 
-    pub(crate) fn available(self) -> bool {
+    pub fn available(self) -> bool {
         self.path().is_some()
     }
 }
@@ -76,7 +77,7 @@ fn find_in_path(name: &str, path: &OsStr) -> Option<PathBuf> {
 }
 
 /// Runs `tool args...`, feeding `input` on stdin, and returns its stdout.
-pub(crate) fn run(tool: Tool, args: &[&str], input: Option<&str>) -> Result<String, NatError> {
+pub fn run(tool: Tool, args: &[&str], input: Option<&str>) -> Result<String, NatError> {
     let path = tool.path().ok_or(NatError::ToolMissing(tool.name()))?;
     let mut cmd = Command::new(path);
     cmd.args(args)
@@ -119,6 +120,12 @@ pub(crate) fn run(tool: Tool, args: &[&str], input: Option<&str>) -> Result<Stri
     })
 }
 
+/// An nft string literal. nft has no escape for `"` inside strings: the reference strips
+/// them from comment parts, and IDs and names never contain them.
+pub fn nft_quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', ""))
+}
+
 /// iptables-restore only reports "line N failed"; quote that line so the error is useful.
 fn failed_line<'a>(stderr: &str, input: &'a str) -> Option<&'a str> {
     let lower = stderr.to_ascii_lowercase();
@@ -134,7 +141,7 @@ fn failed_line<'a>(stderr: &str, input: &'a str) -> Option<&'a str> {
 
 /// Whether this family's iptables tools are the nf_tables flavour (whose rules we can
 /// see through netlink); iptables-legacy keeps them where only its own tools look.
-pub(crate) fn iptables_is_nft(family: Family) -> bool {
+pub fn iptables_is_nft(family: Family) -> bool {
     let tools = match family {
         Family::V4 => [Tool::IptablesSave, Tool::IptablesRestore],
         Family::V6 => [Tool::Ip6tablesSave, Tool::Ip6tablesRestore],
@@ -182,6 +189,15 @@ mod tests {
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(find_in_path("fake-tool", &path), Some(exe.clone()));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn nft_strings_cannot_be_broken_out_of() {
+        assert_eq!(nft_quote("c1-eth0"), "\"c1-eth0\"");
+        assert_eq!(
+            nft_quote("a\"; flush ruleset; \""),
+            "\"a; flush ruleset; \""
+        );
     }
 
     #[test]

@@ -61,14 +61,15 @@
 //!
 //! | rank | files |
 //! |------|-------|
-//! | 0 | `family.rs` `error.rs` `nat/error.rs` `nat/names.rs` `nat/model.rs` `nat/testns.rs` |
-//! | 1 | `tools.rs` `netns.rs` `sysctl.rs` `netlink/**` `nftnl/wire.rs` `nat/lock.rs` |
-//! | 2 | `nftnl/**` |
-//! | 3 | `nat/driver.rs` |
-//! | 4 | `nat/iptables/**` `nat/nftables/**` `nat/sets/**` |
-//! | 5 | `nat/backend.rs` |
-//! | 6 | `nat/masq.rs` `nat/portmap.rs` |
-//! | 7 | `nat/mod.rs` `nat/itests.rs` `lib.rs` |
+//! | 0 | `family.rs` `error.rs` |
+//! | 1 | `netns.rs` `sysctl.rs` `nat/error.rs` `nat/names.rs` `nat/model.rs` `nat/testns.rs` |
+//! | 2 | `tools.rs` `netlink/**` `nftnl/wire.rs` `nat/lock.rs` |
+//! | 3 | `nftnl/**` |
+//! | 4 | `nat/driver.rs` |
+//! | 5 | `nat/iptables/**` `nat/nftables/**` `nat/sets/**` |
+//! | 6 | `nat/backend.rs` |
+//! | 7 | `nat/masq.rs` `nat/portmap.rs` |
+//! | 8 | `nat/mod.rs` `nat/itests.rs` `lib.rs` |
 
 mod backend;
 mod driver;

@@ -147,11 +147,7 @@ where
     Err(last_err.unwrap_or(NatError::ToolMissing("nft")))
 }
 
-/// An nft string literal. nft has no escape for `"` inside strings; the reference strips
-/// them from comment parts, and IDs and names never contain them.
-pub(crate) fn quote(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', ""))
-}
+pub(crate) use crate::tools::nft_quote as quote;
 
 #[cfg(test)]
 mod tests {
