@@ -16,3 +16,6 @@ mod verbs;
 
 #[path = "portmap/differential.rs"]
 mod differential;
+
+#[path = "portmap/runtimes.rs"]
+mod runtimes;

@@ -40,23 +40,36 @@ pub struct NetConf {
         skip_serializing_if = "Option::is_none"
     )]
     pub prev_result: Option<Value>,
-    /// GC's list of attachments to keep. Early 1.1 text called the key
-    /// `cni.dev/attachments`; libcni sends both.
+    /// GC's list of attachments to keep; read it with [`NetConf::gc_attachments`].
     #[serde(
         rename = "cni.dev/valid-attachments",
-        alias = "cni.dev/attachments",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// The same list under the name early 1.1 text gave it. libcni 1.2 sends
+    /// both keys, so the two are separate fields (one field with an alias
+    /// would refuse the pair as a duplicate).
+    #[serde(
+        rename = "cni.dev/attachments",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub legacy_attachments: Option<Vec<Attachment>>,
 }
 
 impl NetConf {
+    /// GC's list of attachments to keep, under either of its names (the
+    /// spec's wins); `None` when the runtime sent no list.
+    pub fn gc_attachments(&self) -> Option<&[Attachment]> {
+        self.valid_attachments
+            .as_deref()
+            .or(self.legacy_attachments.as_deref())
+    }
+
     /// The IPAM plugin's type, or `None` for L2-only configs (`"ipam": {}`).
     pub fn ipam_type(&self) -> Option<&str> {
-        self.ipam
-            .as_ref()?
-            .get("type")?
+        crate::json::get(self.ipam.as_ref()?, "type")?
             .as_str()
             .filter(|t| !t.is_empty())
     }
@@ -120,7 +133,47 @@ mod tests {
         .unwrap();
         assert_eq!(conf.plugin_type, "bridge");
         assert_eq!(conf.ipam_type(), Some("host-local"));
-        assert_eq!(conf.valid_attachments.unwrap()[0].container_id, "a");
+        assert_eq!(conf.gc_attachments().unwrap()[0].container_id, "a");
+    }
+
+    #[test]
+    fn gc_list_under_both_names_as_libcni_sends_it() {
+        let conf: NetConf = crate::json::from_value(json!({
+            "cniVersion": "1.1.0", "name": "net",
+            "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}],
+            "cni.dev/attachments": [{"containerID": "b", "ifname": "eth0"}]
+        }))
+        .unwrap();
+        assert_eq!(conf.gc_attachments().unwrap()[0].container_id, "a");
+    }
+
+    #[test]
+    fn every_key_matches_in_any_case_like_go() {
+        let attachment = json!([{"containerID": "a", "ifname": "eth0"}]);
+        crate::json::check_key_spellings::<NetConf>(&json!({
+            "cniVersion": "1.1.0", "name": "net", "type": "bridge",
+            "capabilities": {"portMappings": true},
+            "ipam": {"type": "host-local"},
+            "dns": {"nameservers": ["10.0.0.53"], "domain": "cluster.local",
+                    "search": ["svc"], "options": ["ndots:5"]},
+            "runtimeConfig": {"portMappings": []}, "args": {"cni": {}},
+            "prevResult": {"cniVersion": "1.0.0"},
+            "cni.dev/valid-attachments": attachment, "cni.dev/attachments": attachment
+        }))
+        .unwrap();
+        crate::json::check_key_spellings::<NetConfList>(&json!({
+            "cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"], "name": "cbr0",
+            "disableCheck": true, "disableGC": true, "loadOnlyInlinedPlugins": true,
+            "plugins": [{"type": "bridge"}]
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn ipam_type_matches_in_any_case() {
+        let conf: NetConf =
+            crate::json::from_value(json!({"name": "n", "IPAM": {"Type": "host-local"}})).unwrap();
+        assert_eq!(conf.ipam_type(), Some("host-local"));
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_key_matches_in_any_case_like_go() {
+        let e = serde_json::json!({"code": 7, "msg": "bad", "details": "why"});
+        crate::json::check_key_spellings::<super::Error>(&e).unwrap();
+    }
+
     use super::*;
 
     #[test]

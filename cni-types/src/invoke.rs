@@ -57,7 +57,7 @@ pub fn exec(plugin_type: &str, command: Command, req: &Request) -> Result<Vec<u8
 
 /// The delegate's own error object when it printed one, else a description.
 fn delegate_error(stdout: &[u8], stderr: &[u8], status: std::process::ExitStatus) -> Error {
-    if let Ok(e) = serde_json::from_slice::<Error>(stdout) {
+    if let Ok(e) = crate::json::from_slice::<Error>(stdout) {
         return e;
     }
     let stderr = String::from_utf8_lossy(stderr);

@@ -7,6 +7,7 @@ pub mod args;
 pub mod config;
 pub mod error;
 pub mod invoke;
+pub mod json;
 pub mod result;
 pub mod skel;
 pub mod version;

@@ -141,7 +141,9 @@ impl CniResult {
     /// Reads a result of any supported version. `default_version` applies
     /// when the object carries no `cniVersion` (a prevResult often does not).
     pub fn from_value(v: &Value, default_version: &str) -> Result<CniResult, Error> {
-        let declared = v.get("cniVersion").and_then(Value::as_str).unwrap_or("");
+        let declared = crate::json::get(v, "cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let ver = if declared.is_empty() {
             version::or_default(default_version)
         } else {
@@ -150,7 +152,7 @@ impl CniResult {
         let bad = |e: serde_json::Error| Error::decode(format!("failed to parse CNI result: {e}"));
         let mut out = match version::shape(ver)? {
             Shape::Legacy => {
-                let old: LegacyResult = serde_json::from_value(v.clone()).map_err(bad)?;
+                let old: LegacyResult = crate::json::from_value(v.clone()).map_err(bad)?;
                 let mut r = CniResult {
                     dns: old.dns,
                     ..Default::default()
@@ -167,7 +169,7 @@ impl CniResult {
                 r
             }
             // 0.3/0.4 differ from 1.x only by the `version` key on IPs, which is ignored.
-            Shape::V04 | Shape::V1 => serde_json::from_value(v.clone()).map_err(bad)?,
+            Shape::V04 | Shape::V1 => crate::json::from_value(v.clone()).map_err(bad)?,
         };
         out.cni_version = ver.to_string();
         Ok(out)
@@ -311,6 +313,45 @@ pub mod cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_matches_in_any_case_like_go() {
+        let dns = json!({"nameservers": ["10.0.0.53"], "domain": "cluster.local",
+                         "search": ["svc"], "options": ["ndots:5"]});
+        crate::json::check_key_spellings::<CniResult>(&json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "eth0", "mac": "0a:58:0a:01:02:03", "mtu": 1500,
+                            "sandbox": "/run/netns/x", "socketPath": "/run/s.sock",
+                            "pciID": "0000:00:01.0"}],
+            "ips": [{"address": "10.1.2.3/24", "gateway": "10.1.2.1", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.2.1", "mtu": 1400, "advmss": 1360,
+                        "priority": 10, "table": 100, "scope": 0}],
+            "dns": dns
+        }))
+        .unwrap();
+        let block = json!({"ip": "10.1.2.3/24", "gateway": "10.1.2.1",
+                           "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.2.1"}]});
+        crate::json::check_key_spellings::<LegacyResult>(&json!({
+            "ip4": block, "ip6": {"ip": "fd00::3/64", "gateway": "fd00::1",
+                                  "routes": [{"dst": "::/0", "gw": "fd00::1"}]},
+            "dns": dns
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn prev_result_version_key_in_any_case() {
+        let v = json!({"CNIVersion": "0.2.0", "IP4": {"IP": "10.1.2.3/24", "Gateway": "10.1.2.1"}});
+        let r = CniResult::from_value(&v, "1.0.0").unwrap();
+        assert_eq!(r.cni_version, "0.2.0");
+        assert_eq!(r.ips[0].address.to_string(), "10.1.2.3/24");
+        let v = json!({"CniVersion": "1.0.0", "IPs": [{"Address": "10.1.2.3/24", "Interface": 1}]});
+        let r = CniResult::from_value(&v, "").unwrap();
+        assert_eq!(
+            (r.cni_version.as_str(), r.ips[0].interface),
+            ("1.0.0", Some(1))
+        );
+    }
 
     fn dual_stack() -> CniResult {
         CniResult {

@@ -89,7 +89,7 @@ pub struct Request {
 impl Request {
     /// Reads the plugin's own view of the config from the raw bytes.
     pub fn parse_conf<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.stdin)
+        crate::json::from_slice(&self.stdin)
             .map_err(|e| Error::decode(format!("failed to load netconf: {e}")))
     }
 
@@ -299,7 +299,7 @@ fn build_request(command: Command, env: &dyn Env, stdin: Vec<u8>) -> Result<Requ
 
 /// Reads the shared keys; the name rules are the reference's.
 fn validate_config(stdin: &[u8]) -> Result<NetConf, Error> {
-    let conf: NetConf = serde_json::from_slice(stdin)
+    let conf: NetConf = crate::json::from_slice(stdin)
         .map_err(|e| Error::decode(format!("error unmarshall network config: {e}")))?;
     if conf.name.is_empty() {
         return Err(Error::invalid_config("missing network name"));

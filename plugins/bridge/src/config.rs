@@ -2,7 +2,7 @@
 //! validated once into [`BridgeConf`], which the rest of the plugin uses.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use cni_net::nat::Backend;
 use cni_types::{CniArgs, Dns};
@@ -179,90 +179,36 @@ impl std::str::FromStr for Mac {
     }
 }
 
-/// Go's encoding/json matches keys case-insensitively when there is no exact
-/// match (`"enableDad"` works for `enabledad`); users rely on it, so do the
-/// same for the keys we read.
-fn fold_keys(map: &mut Map<String, Value>, known: &[&str]) {
-    for want in known {
-        if map.contains_key(*want) {
-            continue;
-        }
-        let found = map.keys().find(|k| k.eq_ignore_ascii_case(want)).cloned();
-        if let Some(k) = found
-            && let Some(v) = map.remove(&k)
-        {
-            map.insert((*want).to_string(), v);
-        }
-    }
-}
-
-const TOP_KEYS: &[&str] = &[
-    "cniVersion",
-    "name",
-    "bridge",
-    "isGateway",
-    "isDefaultGateway",
-    "forceAddress",
-    "ipMasq",
-    "ipMasqBackend",
-    "mtu",
-    "hairpinMode",
-    "promiscMode",
-    "vlan",
-    "vlanTrunk",
-    "preserveDefaultVlan",
-    "macspoofchk",
-    "enabledad",
-    "disableContainerInterface",
-    "portIsolation",
-    "ipam",
-    "dns",
-    "args",
-    "runtimeConfig",
-];
-
-fn normalise(v: &mut Value) {
-    let Some(top) = v.as_object_mut() else {
-        return;
-    };
-    fold_keys(top, TOP_KEYS);
-    if let Some(Value::Object(rc)) = top.get_mut("runtimeConfig") {
-        fold_keys(rc, &["mac"]);
-    }
-    if let Some(Value::Object(args)) = top.get_mut("args") {
-        fold_keys(args, &["cni"]);
-        if let Some(Value::Object(cni)) = args.get_mut("cni") {
-            fold_keys(cni, &["mac"]);
-        }
-    }
-    if let Some(Value::Array(trunks)) = top.get_mut("vlanTrunk") {
-        for t in trunks.iter_mut().filter_map(Value::as_object_mut) {
-            fold_keys(t, &["minID", "maxID", "id"]);
-        }
-    }
+/// `dns` as the reference reads it: each list may be absent or `null` (unset),
+/// or given, even empty (set).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct WireDns {
+    nameservers: Option<Vec<String>>,
+    domain: Option<String>,
+    search: Option<Vec<String>>,
+    options: Option<Vec<String>>,
 }
 
 /// The reference treats `dns` as set when any list is present (even empty)
 /// or the domain is non-empty.
-fn dns_if_set(v: Option<&Value>) -> Result<Option<Dns>, BridgeError> {
-    let Some(Value::Object(m)) = v else {
+fn dns_if_set(v: Option<Value>) -> Result<Option<Dns>, BridgeError> {
+    let Some(v @ Value::Object(_)) = v else {
         return Ok(None);
     };
-    let mut m = m.clone();
-    fold_keys(&mut m, &["nameservers", "domain", "search", "options"]);
-    let list_set = ["nameservers", "search", "options"]
-        .iter()
-        .any(|k| m.get(*k).is_some_and(|v| !v.is_null()));
-    let domain_set = m
-        .get("domain")
-        .and_then(Value::as_str)
-        .is_some_and(|d| !d.is_empty());
+    let w: WireDns =
+        cni_types::json::from_value(v).map_err(|e| BridgeError::Parse(e.to_string()))?;
+    let list_set = w.nameservers.is_some() || w.search.is_some() || w.options.is_some();
+    let domain_set = w.domain.as_deref().is_some_and(|d| !d.is_empty());
     if !list_set && !domain_set {
         return Ok(None);
     }
-    let dns: Dns =
-        serde_json::from_value(Value::Object(m)).map_err(|e| BridgeError::Parse(e.to_string()))?;
-    Ok(Some(dns))
+    Ok(Some(Dns {
+        nameservers: w.nameservers.unwrap_or_default(),
+        domain: w.domain,
+        search: w.search.unwrap_or_default(),
+        options: w.options.unwrap_or_default(),
+    }))
 }
 
 /// Expands `vlanTrunk` into a sorted list of VLAN IDs with the reference's
@@ -315,11 +261,8 @@ fn collect_trunk(items: &[WireTrunk]) -> Result<Vec<u16>, BridgeError> {
 impl BridgeConf {
     /// Parses and validates the plugin config; `args` is `CNI_ARGS`.
     pub fn parse(stdin: &[u8], args: &CniArgs) -> Result<BridgeConf, BridgeError> {
-        let mut raw: Value =
-            serde_json::from_slice(stdin).map_err(|e| BridgeError::Parse(e.to_string()))?;
-        normalise(&mut raw);
         let w: WireConf =
-            serde_json::from_value(raw).map_err(|e| BridgeError::Parse(e.to_string()))?;
+            cni_types::json::from_slice(stdin).map_err(|e| BridgeError::Parse(e.to_string()))?;
 
         if !(0..=MAX_VLAN).contains(&w.vlan) {
             return Err(BridgeError::Config(format!(
@@ -377,7 +320,7 @@ impl BridgeConf {
         let ipam_type = w
             .ipam
             .as_ref()
-            .and_then(|i| i.get("type"))
+            .and_then(|i| cni_types::json::get(i, "type"))
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .map(str::to_string);
@@ -405,7 +348,7 @@ impl BridgeConf {
             disable_container_interface: w.disable_container_interface,
             port_isolation: w.port_isolation,
             ipam_type,
-            dns: dns_if_set(w.dns.as_ref())?,
+            dns: dns_if_set(w.dns)?,
             mac,
         })
     }
@@ -504,12 +447,41 @@ mod tests {
     }
 
     #[test]
+    fn every_key_matches_in_any_case_like_go() {
+        cni_types::json::check_key_spellings::<WireConf>(&json!({
+            "cniVersion": "1.0.0", "name": "n", "bridge": "br9", "isGateway": true,
+            "isDefaultGateway": true, "forceAddress": true, "ipMasq": true,
+            "ipMasqBackend": "nftables", "mtu": 1400, "hairpinMode": true, "promiscMode": true,
+            "vlan": 100, "vlanTrunk": [{"minID": 200, "maxID": 203, "id": 101}],
+            "preserveDefaultVlan": true, "macspoofchk": true, "enabledad": true,
+            "disableContainerInterface": true, "portIsolation": true,
+            "ipam": {"type": "host-local"}, "dns": {"nameservers": ["1.1.1.1"]},
+            "args": {"cni": {"mac": "c2:11:22:33:44:55"}},
+            "runtimeConfig": {"mac": "c2:11:22:33:44:66"}
+        }))
+        .unwrap();
+        cni_types::json::check_key_spellings::<WireDns>(&json!({
+            "nameservers": ["1.1.1.1"], "domain": "d", "search": ["s"], "options": ["o"]
+        }))
+        .unwrap();
+    }
+
+    #[test]
     fn keys_match_case_insensitively_like_go() {
         let c = parse(json!({"name": "n", "enableDad": true, "IsGateway": true,
                              "runtimeConfig": {"MAC": "c2:11:22:33:44:55"}}))
         .unwrap();
         assert!(c.enable_dad && c.is_gateway);
         assert_eq!(c.mac.unwrap().to_string(), "c2:11:22:33:44:55");
+        let c = parse(json!({"name": "n", "IPAM": {"Type": "host-local"},
+                             "DNS": {"Nameservers": ["10.0.0.53"], "DOMAIN": "cluster.local"}}))
+        .unwrap();
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
+        let dns = c.dns.unwrap();
+        assert_eq!(
+            (dns.nameservers[0].as_str(), dns.domain.as_deref()),
+            ("10.0.0.53", Some("cluster.local"))
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn gc(req: &Request) -> Result<(), BridgeError> {
     }
     // A missing list means nothing is valid: libcni has just DEL'ed
     // every attachment it knew of (this is what `cnitool gc` does).
-    let valid = req.conf.valid_attachments.as_deref().unwrap_or(&[]);
+    let valid = req.conf.gc_attachments().unwrap_or(&[]);
     if conf.macspoofchk
         && let Err(e) = gc_spoofcheck(valid)
     {

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Deserializer};
-use serde_json::{Map, Value};
 
 use crate::range::{Cidr, Family, Range, RangeSet, parse_ip};
 
@@ -146,93 +145,6 @@ fn null_is_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 }
 
 // ---------------------------------------------------------------------------------------
-// Go's encoding/json matches object keys case-insensitively when there is no exact match.
-// A config written as `"datadir"` works with the reference, so it must work here too rather
-// than silently falling back to the default directory.
-
-const NET_KEYS: &[&str] = &["ipam", "runtimeConfig", "args"];
-const IPAM_KEYS: &[&str] = &[
-    "rangeStart",
-    "rangeEnd",
-    "subnet",
-    "gateway",
-    "name",
-    "type",
-    "routes",
-    "dataDir",
-    "resolvConf",
-    "ranges",
-];
-const RANGE_KEYS: &[&str] = &["rangeStart", "rangeEnd", "subnet", "gateway"];
-const ROUTE_KEYS: &[&str] = &["dst", "gw", "mtu", "advmss", "priority", "table", "scope"];
-const RUNTIME_KEYS: &[&str] = &["ipRanges", "ips"];
-const ARGS_KEYS: &[&str] = &["cni"];
-const CNI_ARGS_KEYS: &[&str] = &["ips"];
-
-fn fold_keys(v: &mut Value, fields: &[&str]) {
-    let Value::Object(map) = v else { return };
-    if map
-        .keys()
-        .all(|k| fields.contains(&k.as_str()) || !fields.iter().any(|f| f.eq_ignore_ascii_case(k)))
-    {
-        return;
-    }
-    let old = std::mem::take(map);
-    let mut folded = Map::with_capacity(old.len());
-    for (k, val) in old {
-        let key = if fields.contains(&k.as_str()) {
-            k
-        } else {
-            match fields.iter().find(|f| f.eq_ignore_ascii_case(&k)) {
-                Some(f) => (*f).to_string(),
-                None => k,
-            }
-        };
-        folded.insert(key, val);
-    }
-    *map = folded;
-}
-
-fn fold_range_sets(v: Option<&mut Value>) {
-    let Some(Value::Array(sets)) = v else { return };
-    for set in sets {
-        if let Value::Array(ranges) = set {
-            for r in ranges {
-                fold_keys(r, RANGE_KEYS);
-            }
-        }
-    }
-}
-
-fn fold_all(root: &mut Value) {
-    fold_keys(root, NET_KEYS);
-    let Value::Object(top) = root else { return };
-    if let Some(ipam) = top.get_mut("ipam") {
-        fold_keys(ipam, IPAM_KEYS);
-        if let Value::Object(ipam) = ipam {
-            fold_range_sets(ipam.get_mut("ranges"));
-            if let Some(Value::Array(routes)) = ipam.get_mut("routes") {
-                for r in routes {
-                    fold_keys(r, ROUTE_KEYS);
-                }
-            }
-        }
-    }
-    if let Some(rc) = top.get_mut("runtimeConfig") {
-        fold_keys(rc, RUNTIME_KEYS);
-        if let Value::Object(rc) = rc {
-            fold_range_sets(rc.get_mut("ipRanges"));
-        }
-    }
-    if let Some(args) = top.get_mut("args") {
-        fold_keys(args, ARGS_KEYS);
-        if let Some(cni) = args.get_mut("cni") {
-            fold_keys(cni, CNI_ARGS_KEYS);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Validation.
 
 /// The request-level inputs the config is validated against.
@@ -246,10 +158,7 @@ pub struct Context<'a> {
 
 /// Parses and validates the whole plugin conf (IPAM plugins receive the full network conf).
 pub fn load(stdin: &[u8], ctx: Context<'_>) -> Result<IpamConfig, ConfigError> {
-    let mut root: Value = serde_json::from_slice(stdin)
-        .map_err(|e| ConfigError::Decode(format!("error parsing IPAM config: {e}")))?;
-    fold_all(&mut root);
-    let net: WireNet = serde_json::from_value(root)
+    let net: WireNet = cni_types::json::from_slice(stdin)
         .map_err(|e| ConfigError::Decode(format!("error parsing IPAM config: {e}")))?;
     validate(net, ctx)
 }
@@ -820,9 +729,45 @@ mod tests {
         assert_eq!(c.ranges[0].to_string(), "10.1.2.9-10.1.2.254");
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.requested, [ip("10.1.2.20")]);
-        // An exact match wins over a folded one, whatever the order.
+        // Keys differing only in case set the same field and the last one wins, exact
+        // or not; a later object decodes on top of an earlier one (measured with the
+        // reference host-local v1.1.1).
         let s = r#"{"name":"n","ipam":{"datadir":"/a","dataDir":"/b","subnet":"10.1.2.0/24"}}"#;
         assert_eq!(load_str(s).unwrap().data_dir, PathBuf::from("/b"));
+        let s = r#"{"name":"n","ipam":{"dataDir":"/b","datadir":"/a","subnet":"10.1.2.0/24"}}"#;
+        assert_eq!(load_str(s).unwrap().data_dir, PathBuf::from("/a"));
+        let s = r#"{"name":"n","ipam":{"subnet":"10.1.2.0/24"},"IPAM":{"dataDir":"/m"}}"#;
+        let c = load_str(s).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/m"));
+        assert_eq!(c.ranges[0].to_string(), "10.1.2.1-10.1.2.254");
+    }
+
+    #[test]
+    fn every_key_matches_in_any_case_like_go() {
+        let range = serde_json::json!({"subnet": "10.1.2.0/24", "rangeStart": "10.1.2.10",
+                                       "rangeEnd": "10.1.2.20", "gateway": "10.1.2.1"});
+        cni_types::json::check_key_spellings::<WireNet>(&serde_json::json!({
+            "ipam": {
+                "subnet": "10.1.3.0/24", "rangeStart": "10.1.3.10", "rangeEnd": "10.1.3.20",
+                "gateway": "10.1.3.1", "dataDir": "/tmp/d", "resolvConf": "/etc/r.conf",
+                "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.2.1", "mtu": 1400, "advmss": 1360,
+                            "priority": 5, "table": 100, "scope": 0}],
+                "ranges": [[range]]
+            },
+            "runtimeConfig": {"ipRanges": [[range]], "ips": ["10.1.2.11"]},
+            "args": {"cni": {"ips": ["10.1.2.12"]}}
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn containerd_ip_ranges_spelling() {
+        // go-cni's IPRanges has no JSON tags: containerd sends Go's field names.
+        let s = r#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local"},
+            "runtimeConfig":{"ipRanges":[[{"Subnet":"10.9.0.0/24","RangeStart":"10.9.0.5",
+            "RangeEnd":"10.9.0.9","Gateway":"10.9.0.1"}]]}}"#;
+        let c = load_str(s).unwrap();
+        assert_eq!(c.ranges[0].to_string(), "10.9.0.5-10.9.0.9");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use cni_types::{CniResult, Dns, Error, IpConfig, Plugin, Request, Route, code};
 use ipnetwork::IpNetwork;
-use serde_json::Value;
+use serde::{Deserialize, Deserializer};
 
 use crate::allocator::{self, AddError};
 use crate::config::{self, ConfigError, Context, IpamConfig, RouteSpec};
@@ -149,27 +149,36 @@ impl HostLocal {
     }
 }
 
-/// The GC list. Absent means the runtime gave no list at all (`cnitool gc`): nothing is
-/// released then, since "no information" must not read as "nothing is valid". `null` or
-/// `[]` is a real, empty list.
+/// The GC list under either of its names (libcni 1.2 sends both; the spec's wins).
+/// Absent means the runtime gave no list at all (`cnitool gc`): nothing is released
+/// then, since "no information" must not read as "nothing is valid". `null` or `[]` is
+/// a real, empty list.
+#[derive(Debug, Deserialize)]
+struct WireGc {
+    #[serde(
+        rename = "cni.dev/valid-attachments",
+        default,
+        deserialize_with = "present"
+    )]
+    valid: Option<Option<Vec<cni_types::Attachment>>>,
+    #[serde(rename = "cni.dev/attachments", default, deserialize_with = "present")]
+    legacy: Option<Option<Vec<cni_types::Attachment>>>,
+}
+
+/// A key given as `null` is `Some(None)`, unlike an absent one (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 fn valid_attachments(stdin: &[u8]) -> Result<Option<HashSet<(String, String)>>, HostLocalError> {
-    let root: Value =
-        serde_json::from_slice(stdin).map_err(|e| HostLocalError::Attachments(e.to_string()))?;
-    let list = match root.get("cni.dev/valid-attachments") {
-        Some(v) => v,
-        None => match root.get("cni.dev/attachments") {
-            Some(v) => v,
-            None => return Ok(None),
-        },
-    };
-    if list.is_null() {
-        return Ok(Some(HashSet::new()));
-    }
-    let entries: Vec<cni_types::Attachment> = serde_json::from_value(list.clone())
+    let gc: WireGc = cni_types::json::from_slice(stdin)
         .map_err(|e| HostLocalError::Attachments(e.to_string()))?;
+    let Some(list) = gc.valid.or(gc.legacy) else {
+        return Ok(None);
+    };
     Ok(Some(
-        entries
-            .into_iter()
+        list.into_iter()
+            .flatten()
             .map(|a| (a.container_id.trim().to_string(), a.ifname))
             .collect(),
     ))
@@ -292,5 +301,18 @@ mod tests {
                 .unwrap();
         assert!(got.contains(&("a".to_string(), "eth0".to_string())));
         assert!(valid_attachments(br#"{"cni.dev/valid-attachments":[{"x":1}]}"#).is_err());
+        // libcni 1.2 sends the list under both names; the spec's name wins.
+        let both = br#"{"cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}],
+                        "cni.dev/attachments":[{"containerID":"b","ifname":"eth0"}]}"#;
+        let got = valid_attachments(both).unwrap().unwrap();
+        assert_eq!(got, HashSet::from([("a".to_string(), "eth0".to_string())]));
+        let list = serde_json::json!([{"containerID": "a", "ifname": "eth0"}]);
+        cni_types::json::check_key_spellings::<WireGc>(&serde_json::json!({
+            "cni.dev/valid-attachments": list, "cni.dev/attachments": list
+        }))
+        .unwrap();
+        let folded = br#"{"CNI.dev/Valid-Attachments":[{"ContainerID":"c","IfName":"eth1"}]}"#;
+        let got = valid_attachments(folded).unwrap().unwrap();
+        assert_eq!(got, HashSet::from([("c".to_string(), "eth1".to_string())]));
     }
 }

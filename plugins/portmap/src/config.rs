@@ -59,7 +59,7 @@ impl Config {
         container_id: &str,
         detect: impl FnOnce() -> Backend,
     ) -> Result<Config, PortmapError> {
-        let wire: Wire = serde_json::from_slice(stdin).map_err(|e| {
+        let wire: Wire = cni_types::json::from_slice(stdin).map_err(|e| {
             PortmapError::config(format!("failed to parse network configuration: {e}"))
         })?;
 
@@ -115,7 +115,7 @@ impl Config {
         container_id: &str,
         detect: impl FnOnce() -> Backend,
     ) -> Config {
-        let wire: Wire = serde_json::from_slice(stdin).unwrap_or_default();
+        let wire: Wire = cni_types::json::from_slice(stdin).unwrap_or_default();
         let backend = select_backend(&wire, detect).unwrap_or_else(|_| {
             wire.backend
                 .as_deref()
@@ -265,6 +265,43 @@ mod tests {
             Backend::Iptables
         })
         .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_key_matches_in_any_case_like_go() {
+        cni_types::json::check_key_spellings::<Wire>(&json!({
+            "backend": "iptables", "snat": false, "masqAll": true, "markMasqBit": 5,
+            "externalSetMarkChain": "KUBE-MARK-MASQ", "conditionsV4": ["-s", "1.2.3.4"],
+            "conditionsV6": ["!", "-s", "::1"],
+            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80,
+                                                "protocol": "tcp", "hostIP": "10.0.0.1"}]}
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn mappings_as_each_runtime_sends_them() {
+        let want = PortMapping {
+            host_port: 19301,
+            container_port: 8080,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        };
+        for mapping in [
+            // containerd 1.6 and 1.7 (go-cni: Go field names, no JSON tags)
+            json!({"HostPort": 19301, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""}),
+            // CRI-O (ocicni: camelCase tags)
+            json!({"hostPort": 19301, "containerPort": 8080, "protocol": "tcp", "hostIP": ""}),
+            // by hand, any case
+            json!({"HOSTPORT": 19301, "containerport": 8080, "PROTOCOL": "tcp"}),
+        ] {
+            let c = parse(with_mappings(json!([mapping]))).unwrap();
+            assert_eq!(c.rules.mappings, [want], "{mapping}");
+        }
+        let c = parse(json!({"name": "net", "RuntimeConfig": {"PortMappings": [
+            {"HostPort": 19301, "ContainerPort": 8080, "Protocol": "tcp"}]}}))
+        .unwrap();
+        assert_eq!(c.rules.mappings, [want]);
     }
 
     fn with_mappings(mappings: serde_json::Value) -> serde_json::Value {

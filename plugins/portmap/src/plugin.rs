@@ -154,9 +154,9 @@ fn gc(req: &Request) -> Result<(), PortmapError> {
     let network = &req.conf.name;
     let valid: HashSet<&str> = req
         .conf
-        .valid_attachments
+        .gc_attachments()
+        .unwrap_or(&[])
         .iter()
-        .flatten()
         .map(|a| a.container_id.as_str())
         .collect();
     let registry = match Registry::for_network(network) {
