@@ -62,14 +62,15 @@
 //! | rank | files |
 //! |------|-------|
 //! | 0 | `family.rs` `error.rs` |
-//! | 1 | `netns.rs` `sysctl.rs` `nat/error.rs` `nat/names.rs` `nat/model.rs` `nat/testns.rs` |
+//! | 1 | `netns.rs` `sysctl.rs` `nat/error.rs` `nat/names.rs` `nat/model.rs` `nat/tests/testns.rs` |
 //! | 2 | `tools.rs` `netlink/**` `nftnl/wire.rs` `nat/lock.rs` |
 //! | 3 | `nftnl/**` |
 //! | 4 | `nat/driver.rs` |
 //! | 5 | `nat/iptables/**` `nat/nftables/**` `nat/sets/**` |
 //! | 6 | `nat/backend.rs` |
 //! | 7 | `nat/masq.rs` `nat/portmap.rs` |
-//! | 8 | `nat/mod.rs` `nat/itests.rs` `lib.rs` |
+//! | 8 | `nat/mod.rs` `lib.rs` |
+//! | 9 | `nat/tests/**` (root tests of the verbs, through the public API) |
 
 mod backend;
 mod driver;
@@ -84,9 +85,7 @@ mod portmap;
 mod sets;
 
 #[cfg(test)]
-mod itests;
-#[cfg(test)]
-mod testns;
+mod tests;
 
 /// The crate's one family type; kept under its old name for the plugins.
 pub use crate::Family as IpFamily;

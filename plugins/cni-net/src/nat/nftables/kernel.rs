@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn inet_table_lookup() {
-        use crate::nat::testns::TestNs;
+        use crate::nat::tests::testns::TestNs;
         let Some(ns) = TestNs::new("nftnl-table") else {
             return;
         };

@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn masq_nftnl_rules_equal_iptables_restore() {
         use crate::nat::iptables::restore::Script;
-        use crate::nat::testns::TestNs;
+        use crate::nat::tests::testns::TestNs;
         use crate::nftnl::Nftnl;
         use crate::tools::iptables_is_nft;
 

@@ -362,7 +362,7 @@ mod tests {
     use crate::nat::iptables::save::{SavedTable, tokenize};
     use crate::nat::model::fixtures::mapping as m;
     use crate::nat::names::HOSTPORT_SETMARK_CHAIN;
-    use crate::nat::testns::TestNs;
+    use crate::nat::tests::testns::TestNs;
     use crate::nftnl::Nftnl;
     use crate::tools::iptables_is_nft;
 
