@@ -8,7 +8,7 @@
 //! ADD leaves nothing behind. A bridge that has served a pod is shared, and it
 //! stays with its gateway address.
 
-use cni_net::netlink::{Link, MacAddr, Netlink, OperState};
+use cni_net::netlink::{Link, LinkEvents, MacAddr, Netlink, OperState, PORT_UP_TIMEOUT};
 use cni_net::netns::NetNs;
 use cni_types::{CniResult, Interface, Request, invoke};
 
@@ -18,7 +18,6 @@ use crate::container;
 use crate::error::BridgeError;
 use crate::gateway::{self, Gateways};
 use crate::masq;
-use crate::portwatch::{LinkEvents, PORT_UP_TIMEOUT};
 use crate::spoofcheck::SpoofCheck;
 use crate::veth::{self, PortOptions};
 

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use cni_net::nat::Backend;
 use cni_types::{CniArgs, Dns};
 
 use crate::error::BridgeError;
@@ -76,15 +77,6 @@ struct WireMac {
     mac: Option<String>,
 }
 
-/// Which NAT implementation programs the ipMasq rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MasqBackend {
-    Iptables,
-    Nftables,
-    /// Ours only: `nftables-sets`, per-pod set elements under fixed rules.
-    NftablesSets,
-}
-
 /// A validated bridge configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BridgeConf {
@@ -97,7 +89,7 @@ pub struct BridgeConf {
     pub force_address: bool,
     pub ip_masq: bool,
     /// `None`: pick as the reference does (iptables unless only nft works).
-    pub ip_masq_backend: Option<MasqBackend>,
+    pub ip_masq_backend: Option<Backend>,
     /// The raw `ipMasqBackend` value when it is not one we know; reported
     /// only when ipMasq would use it, as the reference does.
     pub unknown_backend: Option<String>,
@@ -319,10 +311,10 @@ impl BridgeConf {
 
         let (ip_masq_backend, unknown_backend) = match w.ip_masq_backend.as_deref() {
             None => (None, None),
-            Some("iptables") => (Some(MasqBackend::Iptables), None),
-            Some("nftables") => (Some(MasqBackend::Nftables), None),
-            Some("nftables-sets") => (Some(MasqBackend::NftablesSets), None),
-            Some(other) => (None, Some(other.to_string())),
+            Some(name) => match Backend::parse(name) {
+                Some(backend) => (Some(backend), None),
+                None => (None, Some(name.to_string())),
+            },
         };
 
         let ipam_type = w
@@ -384,7 +376,7 @@ impl BridgeConf {
 
     /// The configured ipMasq backend; an unknown name is an error only when
     /// ipMasq is in use (the reference never looks at it otherwise).
-    pub fn masq_backend_checked(&self) -> Result<Option<MasqBackend>, BridgeError> {
+    pub fn masq_backend_checked(&self) -> Result<Option<Backend>, BridgeError> {
         match &self.unknown_backend {
             Some(b) if self.ip_masq && self.is_layer3() => {
                 Err(BridgeError::Config(format!("unknown ipmasq backend {b:?}")))
@@ -444,7 +436,7 @@ mod tests {
         assert_eq!(c.bridge, "br9");
         assert!(c.is_gateway, "isDefaultGateway implies isGateway");
         assert!(c.is_default_gateway && c.force_address && c.ip_masq);
-        assert_eq!(c.ip_masq_backend, Some(MasqBackend::Nftables));
+        assert_eq!(c.ip_masq_backend, Some(Backend::Nftables));
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(c.vlan, Some(100));
         assert!(c.vlan_filtering && c.preserve_default_vlan && c.macspoofchk);

@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::time::Duration;
 
-use cni_net::netlink::Netlink;
+use cni_net::netlink::{LinkEvents, Netlink};
 use cni_net::netns::NetNs;
 use cni_types::{Request, invoke};
 
 use crate::config::BridgeConf;
 use crate::error::BridgeError;
 use crate::masq;
-use crate::portwatch::LinkEvents;
 use crate::spoofcheck::SpoofCheck;
 
 pub fn del(req: &Request) -> Result<(), BridgeError> {

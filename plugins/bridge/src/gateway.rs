@@ -95,7 +95,7 @@ pub fn ensure_addr(
     force: bool,
     context: &'static str,
 ) -> Result<(), BridgeError> {
-    let family = Family::of(&want.ip());
+    let family = Family::of(want.ip());
     let existing = nl.addrs(Some(link.index), Some(family)).map_err(|e| {
         BridgeError::kernel(format!("{context}: could not get list of IP addresses"), e)
     })?;

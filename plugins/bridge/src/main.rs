@@ -11,7 +11,6 @@ mod error;
 mod gateway;
 mod gc;
 mod masq;
-mod portwatch;
 mod spoofcheck;
 mod veth;
 

@@ -4,16 +4,11 @@ use ipnetwork::IpNetwork;
 
 use cni_net::nat::{self, Attachment, Backend};
 
-use crate::config::{BridgeConf, MasqBackend};
+use crate::config::BridgeConf;
 use crate::error::BridgeError;
 
 fn backend(conf: &BridgeConf) -> Result<Backend, BridgeError> {
-    Ok(match conf.masq_backend_checked()? {
-        Some(MasqBackend::Iptables) => Backend::Iptables,
-        Some(MasqBackend::Nftables) => Backend::Nftables,
-        Some(MasqBackend::NftablesSets) => Backend::NftablesSets,
-        None => Backend::detect(),
-    })
+    Ok(conf.masq_backend_checked()?.unwrap_or_else(Backend::detect))
 }
 
 /// Masquerades the result's addresses when they leave their subnet.

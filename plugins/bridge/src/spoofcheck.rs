@@ -7,17 +7,14 @@
 //! `cni-br-iface-<cid>-<ifname>` and `...-mac`, every rule commented
 //! `macspoofchk-<cid>-<ifname>`.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
+use cni_net::nat::NatError;
+use cni_net::tools::{self, Tool, nft_quote as quote};
 use serde_json::Value;
 
 use crate::error::BridgeError;
 
 const TABLE: &str = "nat";
 const BASE_CHAIN: &str = "PREROUTING";
-const FALLBACK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// One attachment's rules.
 #[derive(Debug, Clone)]
@@ -25,55 +22,15 @@ pub struct SpoofCheck {
     id: String,
 }
 
-/// nft quoted string; names here come from validated container IDs and
-/// interface names, the escape keeps the script well-formed regardless.
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn nft_path() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| FALLBACK_PATH.into());
-    std::env::split_paths(&path)
-        .map(|d| d.join("nft"))
-        .find(|p| p.is_file())
-}
-
-/// Runs `nft args`, feeding `input`; returns stdout.
+/// Runs `nft args`, feeding `input`; returns stdout. Failures read as before the
+/// runner was shared: `nft <args> failed (<status>): <stderr>`.
 fn nft(args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let path = nft_path().ok_or_else(|| "nft not found in PATH".to_string())?;
-    let mut cmd = Command::new(&path);
-    cni_types::invoke::die_with_parent(&mut cmd);
-    let mut child = cmd
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("run {}: {e}", path.display()))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        // Scripts are a few hundred bytes: far below the pipe buffer.
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("write to nft: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("wait for nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    tools::run(Tool::Nft, args, input).map_err(|e| match e {
+        NatError::ToolFailed { status, detail, .. } => {
+            format!("nft {} failed ({status}): {detail}", args.join(" "))
+        }
+        other => other.to_string(),
+    })
 }
 
 impl SpoofCheck {

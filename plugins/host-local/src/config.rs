@@ -255,6 +255,9 @@ fn version_at_least(v: &str, min: (u64, u64, u64)) -> bool {
     }
 }
 
+/// Checks a decoded config and builds the validated one, in the reference's order:
+/// every JSON value is parsed before any semantic check, then the requested addresses,
+/// then the range sets one by one, then the checks across sets.
 fn validate(net: WireNet, ctx: Context<'_>) -> Result<IpamConfig, ConfigError> {
     let ipam = net
         .ipam
@@ -262,19 +265,11 @@ fn validate(net: WireNet, ctx: Context<'_>) -> Result<IpamConfig, ConfigError> {
 
     // Parse everything that came as JSON first: the reference fails on these while
     // decoding, before any semantic check.
-    let legacy = ParsedRange {
-        subnet: wire_cidr(&ipam.subnet)?,
-        start: wire_ip(&ipam.range_start)?,
-        end: wire_ip(&ipam.range_end)?,
-        gateway: wire_ip(&ipam.gateway)?,
-    };
+    let legacy = legacy_range(&ipam)?;
     let conf_sets = parse_sets(&ipam.ranges)?;
     let runtime = net.runtime_config.unwrap_or_default();
     let runtime_sets = parse_sets(&runtime.ip_ranges)?;
-    let mut routes = Vec::new();
-    for r in ipam.routes.iter().flatten().flatten() {
-        routes.push(parse_route(r)?);
-    }
+    let routes = parse_routes(&ipam.routes)?;
     let arg_ips = net
         .args
         .and_then(|a| a.cni)
@@ -282,8 +277,46 @@ fn validate(net: WireNet, ctx: Context<'_>) -> Result<IpamConfig, ConfigError> {
         .unwrap_or_default();
     let runtime_ips = runtime.ips.unwrap_or_default();
 
+    let requested = requested_ips(ctx.env_ip, &arg_ips, &runtime_ips)?;
+    let ranges = build_sets(ordered_sets(runtime_sets, legacy, conf_sets)?)?;
+    check_addresses_per_family(&ranges, ctx.cni_version)?;
+    check_no_overlap(&ranges)?;
+
+    Ok(IpamConfig {
+        ranges,
+        routes,
+        data_dir: data_dir(ipam.data_dir.as_deref()),
+        resolv_conf: ipam
+            .resolv_conf
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        requested,
+    })
+}
+
+/// The legacy single range (`subnet`, `rangeStart`, ... at the top of `ipam`).
+fn legacy_range(ipam: &WireIpam) -> Result<ParsedRange, ConfigError> {
+    Ok(ParsedRange {
+        subnet: wire_cidr(&ipam.subnet)?,
+        start: wire_ip(&ipam.range_start)?,
+        end: wire_ip(&ipam.range_end)?,
+        gateway: wire_ip(&ipam.gateway)?,
+    })
+}
+
+fn parse_routes(routes: &Option<Vec<Option<WireRoute>>>) -> Result<Vec<RouteSpec>, ConfigError> {
+    routes.iter().flatten().flatten().map(parse_route).collect()
+}
+
+/// `CNI_ARGS` `IP=` first, then `args.cni.ips` and `runtimeConfig.ips`, without
+/// repeats.
+fn requested_ips(
+    env_ip: Option<&str>,
+    arg_ips: &[String],
+    runtime_ips: &[String],
+) -> Result<Vec<IpAddr>, ConfigError> {
     let mut requested: Vec<IpAddr> = Vec::new();
-    if let Some(v) = ctx.env_ip.filter(|v| !v.is_empty()) {
+    if let Some(v) = env_ip.filter(|v| !v.is_empty()) {
         let ip = requested_ip(v).map_err(|e| {
             ConfigError::Args(format!("ARGS: error parsing value of pair \"IP={v}\": {e}"))
         })?;
@@ -295,9 +328,16 @@ fn validate(net: WireNet, ctx: Context<'_>) -> Result<IpamConfig, ConfigError> {
             requested.push(ip);
         }
     }
+    Ok(requested)
+}
 
-    // Runtime ranges first, then the legacy single range, then `ranges`.
-    let mut parsed: Vec<Vec<ParsedRange>> = runtime_sets;
+/// Runtime ranges first, then the legacy single range, then `ranges`.
+fn ordered_sets(
+    runtime_sets: Vec<Vec<ParsedRange>>,
+    legacy: ParsedRange,
+    conf_sets: Vec<Vec<ParsedRange>>,
+) -> Result<Vec<Vec<ParsedRange>>, ConfigError> {
+    let mut parsed = runtime_sets;
     if legacy.subnet.is_some() {
         parsed.push(vec![legacy]);
     }
@@ -305,48 +345,59 @@ fn validate(net: WireNet, ctx: Context<'_>) -> Result<IpamConfig, ConfigError> {
     if parsed.is_empty() {
         return Err(invalid("no IP ranges specified"));
     }
+    Ok(parsed)
+}
 
-    let mut ranges = Vec::with_capacity(parsed.len());
-    for (i, set) in parsed.into_iter().enumerate() {
-        let mut built = Vec::with_capacity(set.len());
-        let mut failure = None;
-        for r in set {
-            match Range::new(r.subnet, r.start, r.end, r.gateway) {
-                Ok(r) => built.push(r),
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
+fn build_sets(parsed: Vec<Vec<ParsedRange>>) -> Result<Vec<RangeSet>, ConfigError> {
+    parsed
+        .into_iter()
+        .enumerate()
+        .map(|(i, set)| build_set(i, set))
+        .collect()
+}
+
+/// Range set `i`: each range checked in order, then the set's family and overlaps.
+fn build_set(i: usize, set: Vec<ParsedRange>) -> Result<RangeSet, ConfigError> {
+    let mut built = Vec::with_capacity(set.len());
+    let mut failure = None;
+    for r in set {
+        match Range::new(r.subnet, r.start, r.end, r.gateway) {
+            Ok(r) => built.push(r),
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
             }
         }
-        // A bad range is reported before the set's family and overlap checks, unless the
-        // families already mixed before it (the reference checks per range in order).
-        let set = match failure {
-            Some(e) => {
-                let mixed = built.windows(2).any(|w| w[0].family() != w[1].family());
-                let msg = if mixed {
-                    "mixed address families".to_string()
-                } else {
-                    e
-                };
-                return Err(invalid(format!("invalid range set {i}: {msg}")));
-            }
-            None => {
-                RangeSet::new(built).map_err(|e| invalid(format!("invalid range set {i}: {e}")))?
-            }
-        };
-        ranges.push(set);
     }
+    // A bad range is reported before the set's family and overlap checks, unless the
+    // families already mixed before it (the reference checks per range in order).
+    match failure {
+        Some(e) => {
+            let mixed = built.windows(2).any(|w| w[0].family() != w[1].family());
+            let msg = if mixed {
+                "mixed address families".to_string()
+            } else {
+                e
+            };
+            Err(invalid(format!("invalid range set {i}: {msg}")))
+        }
+        None => RangeSet::new(built).map_err(|e| invalid(format!("invalid range set {i}: {e}"))),
+    }
+}
 
+/// Before 0.3.0 a result holds one address per family.
+fn check_addresses_per_family(ranges: &[RangeSet], cni_version: &str) -> Result<(), ConfigError> {
     let v4 = ranges.iter().filter(|s| s.family() == Family::V4).count();
     let v6 = ranges.len() - v4;
-    if (v4 > 1 || v6 > 1) && !version_at_least(ctx.cni_version, (0, 3, 0)) {
+    if (v4 > 1 || v6 > 1) && !version_at_least(cni_version, (0, 3, 0)) {
         return Err(invalid(format!(
-            "CNI version {} does not support more than 1 address per family",
-            ctx.cni_version
+            "CNI version {cni_version} does not support more than 1 address per family"
         )));
     }
+    Ok(())
+}
 
+fn check_no_overlap(ranges: &[RangeSet]) -> Result<(), ConfigError> {
     for (i, a) in ranges.iter().enumerate() {
         for (j, b) in ranges.iter().enumerate().skip(i + 1) {
             if a.overlaps(b) {
@@ -354,23 +405,14 @@ fn validate(net: WireNet, ctx: Context<'_>) -> Result<IpamConfig, ConfigError> {
             }
         }
     }
+    Ok(())
+}
 
-    let data_dir = match ipam.data_dir.as_deref() {
+fn data_dir(configured: Option<&str>) -> PathBuf {
+    match configured {
         None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
         Some(d) => PathBuf::from(d),
-    };
-    let resolv_conf = ipam
-        .resolv_conf
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from);
-
-    Ok(IpamConfig {
-        ranges,
-        routes,
-        data_dir,
-        resolv_conf,
-        requested,
-    })
+    }
 }
 
 #[cfg(test)]

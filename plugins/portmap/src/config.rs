@@ -69,7 +69,7 @@ impl Config {
             ));
         }
         let mark_masq_bit = match wire.mark_masq_bit {
-            None => cni_net::nat::names::DEFAULT_MARK_MASQ_BIT,
+            None => cni_net::nat::DEFAULT_MARK_MASQ_BIT,
             Some(bit) => u8::try_from(bit)
                 .ok()
                 .filter(|b| *b <= 31)

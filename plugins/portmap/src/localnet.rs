@@ -35,7 +35,7 @@ pub fn enable_for(pod: IpAddr) -> Result<(), PortmapError> {
 /// without policy rules that a CNI host-port path never depends on.
 fn routing_interface(nl: &mut Netlink, ip: IpAddr) -> Result<Option<Link>, PortmapError> {
     let best = nl
-        .routes(Family::of(&ip))
+        .routes(Family::of(ip))
         .map_err(PortmapError::Localnet)?
         .into_iter()
         .filter(|r| r.table == MAIN_TABLE && r.dst.contains(ip))

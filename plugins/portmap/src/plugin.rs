@@ -2,7 +2,8 @@
 
 use std::collections::HashSet;
 
-use cni_net::nat::{self, Backend, IpFamily, PortMapping, Proto, RuleRef};
+use cni_net::Family;
+use cni_net::nat::{self, Backend, PortHints, PortMapping, Proto, RuleRef};
 use cni_types::{CniResult, Error, Plugin, Request};
 
 use crate::config::Config;
@@ -80,15 +81,14 @@ fn add(req: &Request) -> Result<CniResult, PortmapError> {
         None => Some(Vec::new()),
         Some(record) => record.rules,
     };
-    let tracked =
-        nat::forward_ports_tracked(config.backend, &config.rules, &targets, prior.as_deref())
-            .map_err(PortmapError::nat("unable to set up port mappings"))?;
+    let tracked = nat::forward_ports(config.backend, &config.rules, &targets, prior.as_deref())
+        .map_err(PortmapError::nat("unable to set up port mappings"))?;
     record(registry.as_ref(), &config, tracked.as_deref());
 
     // Only now that the DNAT rules exist: a UDP flow that hit the host port before
     // (and is pinned to the old destination by its conntrack entry) must start over.
     for target in &targets {
-        flush_udp(&config.rules.mappings, IpFamily::of(target.ip()));
+        flush_udp(&config.rules.mappings, Family::of(target.ip()));
     }
 
     if config.rules.snat
@@ -125,14 +125,12 @@ fn del(req: &Request) -> Result<(), PortmapError> {
     let installed = recorded
         .as_ref()
         .map(|r| (r.mappings.as_slice(), addresses.as_slice()));
-    nat::unforward_ports_installed(
-        config.backend,
-        &req.conf.name,
-        &req.container_id,
-        recorded.as_ref().and_then(|r| r.rules.as_deref()),
+    let hints = PortHints {
+        known: recorded.as_ref().and_then(|r| r.rules.as_deref()),
         installed,
-    )
-    .map_err(PortmapError::nat("could not tear down port mappings"))?;
+    };
+    nat::unforward_ports(config.backend, &req.conf.name, &req.container_id, &hints)
+        .map_err(PortmapError::nat("could not tear down port mappings"))?;
     // The runtime may not resend the mappings; what ADD recorded still names the ports.
     let mappings = if config.rules.mappings.is_empty() {
         recorded.map(|r| r.mappings).unwrap_or_default()
@@ -142,7 +140,7 @@ fn del(req: &Request) -> Result<(), PortmapError> {
     forget(&req.conf.name, &req.container_id);
     // The flows DNATed to the departed pod would otherwise keep blackholing the port
     // for the next pod that maps it (plugins#1190).
-    for family in [IpFamily::V4, IpFamily::V6] {
+    for family in [Family::V4, Family::V6] {
         flush_udp(&mappings, family);
     }
     Ok(())
@@ -179,7 +177,11 @@ fn gc(req: &Request) -> Result<(), PortmapError> {
     let mut failures = Vec::new();
     for id in recorded.iter().filter(|id| !valid.contains(id.as_str())) {
         let known = registry.read(id).and_then(|r| r.rules);
-        match nat::unforward_ports_tracked(config.backend, network, id, known.as_deref()) {
+        let hints = PortHints {
+            known: known.as_deref(),
+            installed: None,
+        };
+        match nat::unforward_ports(config.backend, network, id, &hints) {
             Ok(()) => forget(network, id),
             Err(e) => failures.push(format!("{id}: {e}")),
         }
@@ -215,11 +217,11 @@ fn forget(network: &str, container_id: &str) {
 
 /// Deletes the UDP conntrack entries towards the mapped host ports. Failures are
 /// reported on stderr only, as the reference does: the mapping itself is in place.
-fn flush_udp(mappings: &[PortMapping], family: IpFamily) {
+fn flush_udp(mappings: &[PortMapping], family: Family) {
     if !mappings.iter().any(|m| m.protocol == Proto::Udp) {
         return;
     }
-    if let Err(e) = nat::conntrack::flush_udp_host_ports(mappings, family) {
+    if let Err(e) = nat::flush_udp_host_ports(mappings, family) {
         eprintln!("portmap: failed to delete stale UDP conntrack entries: {e}");
     }
 }

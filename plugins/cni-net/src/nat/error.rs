@@ -3,9 +3,6 @@ use std::io;
 /// Everything that can go wrong programming NAT rules.
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
-    /// `ipMasqBackend` named something other than `iptables`/`nftables`.
-    #[error("unknown ipmasq backend {0:?}")]
-    UnknownBackend(String),
     /// The firewall tool for the chosen backend is not installed.
     #[error("{0} not found in PATH")]
     ToolMissing(&'static str),

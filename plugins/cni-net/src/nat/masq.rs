@@ -1,20 +1,17 @@
-//! ipMasq (bridge's `ipMasq`): masquerade traffic from a container's addresses leaving
-//! their subnet.
+//! ipMasq, bridge's verbs: masquerade traffic from a container's addresses leaving
+//! their subnet. Each takes the NAT lock, picks the driver(s) and says the
+//! cross-layout rule: ADD writes one layout, DEL and GC visit every layout that may
+//! hold the container's state.
 
-use std::collections::HashSet;
+use std::path::Path;
 
 use ipnetwork::IpNetwork;
 
+use super::Backend;
+use super::driver::NatDriver;
 use super::error::NatError;
-use super::nftnl::{self, Nftnl};
-use super::{Backend, IpFamily, iptables, masq_direct, masq_nftnl, names, nftables, sets, tools};
-
-/// One entry of `cni.dev/valid-attachments`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Attachment<'a> {
-    pub container_id: &'a str,
-    pub ifname: &'a str,
-}
+use super::lock::{LOCK_PATH, lock_at};
+use super::model::Attachment;
 
 /// Installs masquerading for `ips` of the container. Idempotent: the container's rules
 /// are replaced, and nothing is committed when they are already right.
@@ -28,77 +25,36 @@ pub fn setup_masq(
     container_id: &str,
     ips: &[IpNetwork],
 ) -> Result<(), NatError> {
+    setup_with(
+        backend.driver(),
+        Path::new(LOCK_PATH),
+        network,
+        ifname,
+        container_id,
+        ips,
+    )
+}
+
+fn setup_with(
+    driver: &dyn NatDriver,
+    lock: &Path,
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+    ips: &[IpNetwork],
+) -> Result<(), NatError> {
     if ips.is_empty() {
         return Ok(());
     }
-    let _lock = tools::lock()?;
-    match backend {
-        Backend::Iptables => {
-            // Netlink only spares work: without it, everything takes the general path.
-            let mut nl = Nftnl::open().ok();
-            for family in [IpFamily::V4, IpFamily::V6] {
-                let nets: Vec<IpNetwork> = ips
-                    .iter()
-                    .filter(|n| IpFamily::of(n.ip()) == family)
-                    .copied()
-                    .collect();
-                if nets.is_empty() {
-                    continue;
-                }
-                let new_chain = nl.as_mut().and_then(|nl| {
-                    masq_direct::iptables_setup_new(nl, family, network, container_id, &nets)
-                        .ok()
-                        .flatten()
-                });
-                if let Some(script) = new_chain {
-                    // Straight into nf_tables when the nat table is in place (every ADD
-                    // but a node's first); iptables-restore makes the same rules otherwise.
-                    if masq_nftnl::add_new(family, network, container_id, &nets).is_ok() {
-                        continue;
-                    }
-                    match iptables::restore(family, &script) {
-                        Ok(()) => continue,
-                        // The chain appeared since we looked (`-N` failed): decide from
-                        // the saved table instead.
-                        Err(NatError::ToolFailed { .. }) => {}
-                        Err(e) => {
-                            return Err(e.context(|| {
-                                format!("set up ipMasq ({family}) for {container_id}")
-                            }));
-                        }
-                    }
-                }
-                iptables::transact(family, |saved| {
-                    iptables::masq::render_setup(saved, network, container_id, &nets)
-                })
-                .map_err(|e| {
-                    e.context(|| format!("set up ipMasq ({family}) for {container_id}"))
-                })?;
-            }
-            Ok(())
-        }
-        Backend::Nftables => {
-            if !Backend::Nftables.available() {
-                return Err(NatError::ToolMissing("nft"));
-            }
-            nftables::masq::setup(network, ifname, container_id, ips)
-                .map_err(|e| e.context(|| format!("set up ipMasq (nftables) for {container_id}")))
-        }
-        Backend::NftablesSets => {
-            if !Backend::NftablesSets.available() {
-                return Err(NatError::ToolMissing("nft"));
-            }
-            sets::masq_setup(network, ifname, container_id, ips).map_err(|e| {
-                e.context(|| format!("set up ipMasq (nftables-sets) for {container_id}"))
-            })
-        }
-    }
+    let _lock = lock_at(lock)?;
+    driver.setup_masq(network, ifname, container_id, ips)
 }
 
 /// Removes the container's masquerading from **every** layout (it may have been set up
 /// by another version or configuration), without needing its addresses: safe on DEL
-/// with the netns gone and no prevResult. Absent chains/tables are fine; a backend whose
-/// tools are not installed is skipped. Errors are collected, not short-circuited.
+/// with the netns gone and no prevResult. Absent chains/tables are fine; a layout whose
+/// tools are not installed or whose tables are absent is skipped. Errors are
+/// collected, not short-circuited.
 ///
 /// `addresses` (prevResult's, when the runtime sent it) only speed up the
 /// nftables-sets layout: its entries are then looked up one by one instead of listed.
@@ -108,75 +64,118 @@ pub fn teardown_masq(
     container_id: &str,
     addresses: Option<&[IpNetwork]>,
 ) -> Result<(), NatError> {
-    let _lock = tools::lock()?;
-    let mut errors = Vec::new();
-    let mut nl = Nftnl::open().ok();
-    for family in [IpFamily::V4, IpFamily::V6] {
-        if !family.enabled() || !iptables::available(family) {
-            continue;
-        }
-        if let Some(nl) = nl.as_mut()
-            && let Ok(true) = masq_direct::iptables_teardown(nl, family, network, container_id)
-        {
-            continue;
-        }
-        if let Err(e) = iptables::transact(family, |saved| {
-            iptables::masq::render_teardown(saved, network, container_id)
-        }) {
-            errors.push(e.context(|| format!("tear down ipMasq ({family}) for {container_id}")));
-        }
-    }
-    // Closing it now would wait for the release of what it deleted, and block the
-    // caller's interface removal meanwhile.
-    if let Some(nl) = nl {
-        nftnl::close_at_exit(nl);
-    }
-    if nft_masq_table_may_exist()
-        && let Err(e) = nftables::masq::teardown(network, ifname, container_id)
-    {
-        errors.push(e.context(|| format!("tear down ipMasq (nftables) for {container_id}")));
-    }
-    if sets::table_may_exist(sets::MASQ_TABLE)
-        && let Err(e) = sets::masq_teardown(network, ifname, container_id, addresses)
-    {
-        errors.push(e.context(|| format!("tear down ipMasq (nftables-sets) for {container_id}")));
-    }
+    teardown_with(
+        &all_drivers(),
+        Path::new(LOCK_PATH),
+        network,
+        ifname,
+        container_id,
+        addresses,
+    )
+}
+
+fn teardown_with(
+    drivers: &[&dyn NatDriver],
+    lock: &Path,
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+    addresses: Option<&[IpNetwork]>,
+) -> Result<(), NatError> {
+    let _lock = lock_at(lock)?;
+    let errors = drivers
+        .iter()
+        .filter(|d| d.may_hold_masq())
+        .filter_map(|d| {
+            d.teardown_masq(network, ifname, container_id, addresses)
+                .err()
+        })
+        .collect();
     NatError::collect(errors)
 }
 
-/// GC: removes this network's masquerading for every attachment not in `valid`, in both
-/// backends. iptables chains are per container (any ifname keeps them); nftables rules
-/// are per attachment, as in the reference.
+/// GC: removes this network's masquerading for every attachment not in `valid`, in
+/// every layout. iptables chains are per container (any ifname keeps them); nftables
+/// rules are per attachment, as in the reference.
 pub fn gc_masq(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
-    let _lock = tools::lock()?;
-    let mut errors = Vec::new();
-    let valid_ids: HashSet<&str> = valid.iter().map(|a| a.container_id).collect();
-    for family in [IpFamily::V4, IpFamily::V6] {
-        if !family.enabled() || !iptables::available(family) {
-            continue;
-        }
-        if let Err(e) = iptables::transact(family, |saved| {
-            iptables::masq::render_gc(saved, network, &valid_ids)
-        }) {
-            errors.push(e.context(|| format!("GC ipMasq ({family}) of network {network}")));
-        }
-    }
-    if nft_masq_table_may_exist()
-        && let Err(e) = nftables::masq::gc(network, valid)
-    {
-        errors.push(e.context(|| format!("GC ipMasq (nftables) of network {network}")));
-    }
-    if sets::table_may_exist(sets::MASQ_TABLE)
-        && let Err(e) = sets::masq_gc(network, valid)
-    {
-        errors.push(e.context(|| format!("GC ipMasq (nftables-sets) of network {network}")));
-    }
+    gc_with(&all_drivers(), Path::new(LOCK_PATH), network, valid)
+}
+
+fn gc_with(
+    drivers: &[&dyn NatDriver],
+    lock: &Path,
+    network: &str,
+    valid: &[Attachment<'_>],
+) -> Result<(), NatError> {
+    let _lock = lock_at(lock)?;
+    let errors = drivers
+        .iter()
+        .filter(|d| d.may_hold_masq())
+        .filter_map(|d| d.gc_masq(network, valid).err())
+        .collect();
     NatError::collect(errors)
 }
 
-/// Whether the nftables ipMasq table needs looking into: `nft` is installed and the
-/// kernel does not say the table is absent (a netlink error means "maybe").
-fn nft_masq_table_may_exist() -> bool {
-    Backend::Nftables.available()
-        && masq_nftnl::inet_table_exists(names::NFT_MASQ_TABLE).unwrap_or(true)
+/// Every layout's driver, in [`Backend::ALL`]'s order.
+fn all_drivers() -> [&'static dyn NatDriver; 3] {
+    Backend::ALL.map(Backend::driver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::driver::testing::{Call, RecordingDriver, lock_file};
+    use super::*;
+
+    fn ips() -> Vec<IpNetwork> {
+        vec!["10.0.0.2/24".parse().unwrap()]
+    }
+
+    #[test]
+    fn setup_writes_one_layout_under_the_lock_and_nothing_without_addresses() {
+        let (lock, _dir) = lock_file("setup");
+        let d = RecordingDriver::new("a", &lock);
+        setup_with(&d, &lock, "net", "eth0", "c1", &ips()).unwrap();
+        assert_eq!(d.calls(), [Call::locked("setup_masq c1")]);
+        setup_with(&d, &lock, "net", "eth0", "c2", &[]).unwrap();
+        assert_eq!(d.calls().len(), 1, "no addresses: nothing to do");
+    }
+
+    #[test]
+    fn teardown_visits_every_layout_that_may_hold_state() {
+        let (lock, _dir) = lock_file("teardown");
+        let a = RecordingDriver::new("a", &lock);
+        let b = RecordingDriver::new("b", &lock).holding_nothing();
+        let c = RecordingDriver::new("c", &lock);
+        teardown_with(&[&a, &b, &c], &lock, "net", "eth0", "c1", None).unwrap();
+        assert_eq!(a.calls(), [Call::locked("teardown_masq c1")]);
+        assert_eq!(
+            b.calls(),
+            [],
+            "a layout that holds nothing is not torn down"
+        );
+        assert_eq!(c.calls(), [Call::locked("teardown_masq c1")]);
+    }
+
+    #[test]
+    fn teardown_and_gc_keep_going_after_a_failure() {
+        let (lock, _dir) = lock_file("gc");
+        let a = RecordingDriver::new("a", &lock).failing();
+        let b = RecordingDriver::new("b", &lock);
+        let c = RecordingDriver::new("c", &lock).failing();
+        let valid = [Attachment {
+            container_id: "keep",
+            ifname: "eth0",
+        }];
+        let err = gc_with(&[&a, &b, &c], &lock, "net", &valid).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a: gc_masq net failed\nc: gc_masq net failed"
+        );
+        for d in [&a, &b, &c] {
+            assert_eq!(d.calls(), [Call::locked("gc_masq net")]);
+        }
+        let err = teardown_with(&[&a, &b], &lock, "net", "eth0", "c1", None).unwrap_err();
+        assert_eq!(err.to_string(), "a: teardown_masq c1 failed");
+        assert_eq!(b.calls().last(), Some(&Call::locked("teardown_masq c1")));
+    }
 }

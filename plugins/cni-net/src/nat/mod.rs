@@ -1,7 +1,17 @@
-//! NAT backends: ipMasq for `bridge`, host-port mapping for `portmap`.
+//! NAT: ipMasq for `bridge`, host-port mapping for `portmap`, in three layouts.
+//!
+//! ```ignore
+//! use cni_net::nat::{self, Backend, PortHints, PortMapConfig};
+//!
+//! nat::setup_masq(Backend::detect(), "cbr0", "eth0", id, &ips)?;     // bridge ADD
+//! let record = nat::forward_ports(backend, &config, &ips, None)?;    // portmap ADD
+//! let hints = PortHints { known: record.as_deref(), installed: None };
+//! nat::unforward_ports(backend, "cbr0", id, &hints)?;                 // portmap DEL
+//! nat::teardown_masq("cbr0", "eth0", id, None)?;                      // bridge DEL
+//! ```
 //!
 //! # Compatibility
-//! Chains, tables, rule text and comments are the reference plugins' (see [`names`]), so
+//! Chains, tables, rule text and comments are the reference plugins' (see `names.rs`), so
 //! a node can switch between the Go and Rust plugins with pods running and either side
 //! can DEL or GC what the other created.
 //!
@@ -33,150 +43,57 @@
 //! Teardown never needs the container's addresses: the per-container iptables chains
 //! are named from (network, container ID) and every rule that jumps to them is found in
 //! the saved table; nftables rules are found by their comments.
+//!
+//! # Layout
+//! The verbs the plugins call (`masq.rs`, `portmap.rs`) take the lock and say the
+//! cross-layout rules (teardown and GC visit every layout that may hold state). They
+//! reach a layout only through a `NatDriver` (`driver.rs`), which `backend.rs` picks:
+//! `iptables/`, `nftables/` and `sets/`, each owning its own fast paths (`kernel*`)
+//! under its tools and renderers. The drivers share only the data (`model.rs`), the
+//! kernel-visible names (`names.rs`) and the netfilter client (`crate::nftnl`).
+//!
+//! # Layers
+//! A file imports only from a lower rank, or from the same rank in its own folder (a
+//! `**` entry is one folder). Inside a backend folder, its `mod.rs` (the driver) is the
+//! top: the rest of the folder never imports it, and no backend imports another.
+//! `tests/layers.rs` holds every `use`, `crate::` and `super::` path of the crate to
+//! this table:
+//!
+//! | rank | files |
+//! |------|-------|
+//! | 0 | `family.rs` `error.rs` |
+//! | 1 | `netns.rs` `sysctl.rs` `nat/error.rs` `nat/names.rs` `nat/model.rs` `nat/tests/testns.rs` |
+//! | 2 | `tools.rs` `netlink/**` `nftnl/wire.rs` `nat/lock.rs` |
+//! | 3 | `nftnl/**` |
+//! | 4 | `nat/driver.rs` |
+//! | 5 | `nat/iptables/**` `nat/nftables/**` `nat/sets/**` |
+//! | 6 | `nat/backend.rs` |
+//! | 7 | `nat/masq.rs` `nat/portmap.rs` |
+//! | 8 | `nat/mod.rs` `lib.rs` |
+//! | 9 | `nat/tests/**` (root tests of the verbs, through the public API) |
 
-pub mod conntrack;
-mod error;
+mod backend;
+mod driver;
+pub(crate) mod error;
 mod iptables;
-pub mod masq;
-mod masq_direct;
-mod masq_nftnl;
-pub mod names;
+mod lock;
+mod masq;
+pub(crate) mod model;
+pub(crate) mod names;
 mod nftables;
-mod nftnl;
-pub mod portmap;
-mod portmap_direct;
-mod portmap_nftnl;
-pub mod sets;
-mod tools;
+mod portmap;
+mod sets;
 
 #[cfg(test)]
-mod itests;
-#[cfg(test)]
-mod testns;
+mod tests;
 
-use std::net::IpAddr;
-
+/// The crate's one family type; kept under its old name for the plugins.
+pub use crate::Family as IpFamily;
+pub use backend::Backend;
+pub use driver::PortHints;
 pub use error::NatError;
-pub use masq::{Attachment, gc_masq, setup_masq, teardown_masq};
-pub use portmap::{
-    PortMapConfig, PortMapping, Proto, RuleRef, check_ports, forward_ports, forward_ports_tracked,
-    unforward_ports, unforward_ports_installed, unforward_ports_tracked,
-};
-pub use tools::LOCK_PATH;
-
-/// Which firewall API programs the rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    Iptables,
-    Nftables,
-    /// Ours only, opt-in: fixed nftables rules over per-pod set elements ([`sets`]).
-    NftablesSets,
-}
-
-impl Backend {
-    /// The config spelling, `"iptables"` or `"nftables"`.
-    pub fn parse(value: &str) -> Option<Backend> {
-        match value {
-            "iptables" => Some(Backend::Iptables),
-            "nftables" => Some(Backend::Nftables),
-            "nftables-sets" => Some(Backend::NftablesSets),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Iptables => "iptables",
-            Backend::Nftables => "nftables",
-            Backend::NftablesSets => "nftables-sets",
-        }
-    }
-
-    /// Whether this backend's tools are installed. Cheap: a PATH lookup, cached per
-    /// process, never a fork.
-    pub fn available(self) -> bool {
-        match self {
-            Backend::Iptables => iptables::available(IpFamily::V4),
-            // The sets layout needs `nft` once per node, to create its tables.
-            Backend::Nftables | Backend::NftablesSets => tools::Tool::Nft.available(),
-        }
-    }
-
-    /// The reference's default: iptables, unless iptables is unusable and nftables is.
-    pub fn detect() -> Backend {
-        if !Backend::Iptables.available() && Backend::Nftables.available() {
-            Backend::Nftables
-        } else {
-            Backend::Iptables
-        }
-    }
-}
-
-/// Resolves bridge's `ipMasqBackend`: unset → [`Backend::detect`], anything but
-/// `iptables`/`nftables` → `unknown ipmasq backend "x"`.
-pub fn select_masq_backend(configured: Option<&str>) -> Result<Backend, NatError> {
-    match configured {
-        None => Ok(Backend::detect()),
-        Some(value) => {
-            Backend::parse(value).ok_or_else(|| NatError::UnknownBackend(value.to_string()))
-        }
-    }
-}
-
-impl std::fmt::Display for IpFamily {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            IpFamily::V4 => "IPv4",
-            IpFamily::V6 => "IPv6",
-        })
-    }
-}
-
-/// IPv4 or IPv6: iptables programs them through separate tools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    pub fn of(ip: IpAddr) -> IpFamily {
-        match ip {
-            IpAddr::V4(_) => IpFamily::V4,
-            IpAddr::V6(_) => IpFamily::V6,
-        }
-    }
-
-    /// Whether the kernel has this family at all (IPv6 can be disabled at boot, and then
-    /// ip6tables fails on every call).
-    pub(crate) fn enabled(self) -> bool {
-        match self {
-            IpFamily::V4 => true,
-            IpFamily::V6 => std::path::Path::new("/proc/net/if_inet6").exists(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_config_values() {
-        assert_eq!(
-            select_masq_backend(Some("iptables")).unwrap(),
-            Backend::Iptables
-        );
-        assert_eq!(
-            select_masq_backend(Some("nftables")).unwrap(),
-            Backend::Nftables
-        );
-        assert_eq!(
-            select_masq_backend(Some("ebtables"))
-                .unwrap_err()
-                .to_string(),
-            r#"unknown ipmasq backend "ebtables""#
-        );
-        assert_eq!(select_masq_backend(None).unwrap(), Backend::detect());
-    }
-}
+pub use lock::LOCK_PATH;
+pub use masq::{gc_masq, setup_masq, teardown_masq};
+pub use model::{Attachment, PortMapConfig, PortMapping, Proto, RuleRef};
+pub use names::DEFAULT_MARK_MASQ_BIT;
+pub use portmap::{check_ports, flush_udp_host_ports, forward_ports, unforward_ports};

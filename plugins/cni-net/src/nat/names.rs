@@ -17,11 +17,20 @@ pub const HOSTPORT_SETMARK_CHAIN: &str = "CNI-HOSTPORT-SETMARK";
 /// nat table chain, first in `POSTROUTING`, masquerading marked packets.
 pub const HOSTPORT_MASQ_CHAIN: &str = "CNI-HOSTPORT-MASQ";
 /// Shared chain of portmap versions before 0.7; only ever torn down.
+#[allow(dead_code)] // named for the record: only its per-container chains are removed
 pub const OLD_HOSTPORT_SNAT_CHAIN: &str = "CNI-HOSTPORT-SNAT";
 /// Comment on the rule in `CNI-HOSTPORT-SETMARK`.
 pub const SETMARK_COMMENT: &str = "CNI portfwd masquerade mark";
 /// Comment on the `POSTROUTING` jump to `CNI-HOSTPORT-MASQ`.
 pub const MASQ_JUMP_COMMENT: &str = "CNI portfwd requiring masquerade";
+/// iptables-nft keeps its nat table in nf_tables under this name.
+pub const IPT_NAT_TABLE: &str = "nat";
+/// Where the reference (and we) jump to a container's masquerading chain from, and
+/// where `CNI-HOSTPORT-MASQ` is entered.
+pub const POSTROUTING: &str = "POSTROUTING";
+/// Where `CNI-HOSTPORT-DNAT` is entered from, for forwarded and local traffic.
+pub const PREROUTING: &str = "PREROUTING";
+pub const OUTPUT: &str = "OUTPUT";
 /// portmap's default `markMasqBit`.
 pub const DEFAULT_MARK_MASQ_BIT: u8 = 13;
 
@@ -48,6 +57,18 @@ pub const NFT_HOSTPORTS_ALL_CHAIN: &str = "hostports_all";
 pub const NFT_PREROUTING_CHAIN: &str = "prerouting";
 pub const NFT_OUTPUT_CHAIN: &str = "output";
 pub const NFT_MASQUERADING_CHAIN: &str = "masquerading";
+/// Ours only (the nftables-sets layout, see `sets`): ipMasq's table, per IP family.
+pub const SETS_MASQ_TABLE: &str = "cni_rs_masquerade";
+/// Ours only: portmap's table, per IP family.
+pub const SETS_HOSTPORT_TABLE: &str = "cni_rs_hostport";
+/// Sets of `cni_rs_masquerade`: pod addresses, and `address . subnet` intervals.
+pub const SETS_PODS_SET: &str = "pods";
+pub const SETS_LOCAL_SET: &str = "local";
+/// Maps of `cni_rs_hostport`: `proto . port` and `host address . proto . port` to
+/// `pod address . pod port`, and the set of `source . pod` pairs to masquerade.
+pub const SETS_DNAT_ANY_MAP: &str = "dnat_any";
+pub const SETS_DNAT_IP_MAP: &str = "dnat_ip";
+pub const SETS_MASQ_SET: &str = "masq";
 /// knftables refuses longer comments; the reference truncates to this.
 pub const NFT_COMMENT_MAX: usize = 128;
 /// iptables' comment match limit.

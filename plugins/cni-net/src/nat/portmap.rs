@@ -12,162 +12,45 @@
 //! nftables layout: tables `ip cni_hostport` and `ip6 cni_hostport`, one rule per
 //! mapping commented with the container ID.
 
-use std::net::IpAddr;
+use std::path::Path;
 
 use ipnetwork::IpNetwork;
 
+use super::Backend;
+use super::driver::{NatDriver, PortHints};
 use super::error::NatError;
-use super::nftnl::{self, Monitor, Nftnl, Op};
-use super::{Backend, IpFamily, iptables, names, nftables, portmap_direct, sets, tools};
-
-/// Transport protocol of a mapping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Proto {
-    // Declared in name order: the reference sorts protocols by name.
-    Sctp,
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    /// Lower-case name, as iptables and nft spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Sctp => "sctp",
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-
-    /// Case-insensitive: runtimes send `tcp`, users sometimes write `TCP`.
-    pub fn parse(value: &str) -> Option<Proto> {
-        match value.to_ascii_lowercase().as_str() {
-            "tcp" => Some(Proto::Tcp),
-            "udp" => Some(Proto::Udp),
-            "sctp" => Some(Proto::Sctp),
-            _ => None,
-        }
-    }
-
-    /// IANA protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-            Proto::Sctp => 132,
-        }
-    }
-}
-
-/// One `portMappings` entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PortMapping {
-    pub host_port: u16,
-    pub container_port: u16,
-    pub protocol: Proto,
-    /// `None` when `hostIP` was absent or empty. Keep `0.0.0.0` / `::` as `Some`: they
-    /// mean "any address" but still restrict the mapping to their family, as in the
-    /// reference.
-    pub host_ip: Option<IpAddr>,
-}
-
-impl PortMapping {
-    /// Whether this mapping applies to a container address of `family`.
-    pub fn applies_to(&self, family: IpFamily) -> bool {
-        self.host_ip.is_none_or(|ip| IpFamily::of(ip) == family)
-    }
-
-    /// The destination address to match, if any (unspecified addresses match all).
-    pub fn dest_ip(&self) -> Option<IpAddr> {
-        self.host_ip.filter(|ip| !ip.is_unspecified())
-    }
-}
-
-/// Everything the rules of one container depend on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortMapConfig {
-    /// Network name (iptables chain names hash it with the container ID).
-    pub network: String,
-    pub container_id: String,
-    pub mappings: Vec<PortMapping>,
-    /// Install the hairpin/localhost masquerade rules (`snat`, default true).
-    pub snat: bool,
-    /// Masquerade traffic from any source, not only hairpin and localhost.
-    pub masq_all: bool,
-    /// `markMasqBit`, 0..=31 (validated by the plugin), default 13. iptables only.
-    pub mark_masq_bit: u8,
-    /// `externalSetMarkChain`: jump there instead of our own SETMARK chain.
-    pub external_set_mark_chain: Option<String>,
-    /// Extra match tokens for the entry rules, in the backend's syntax.
-    pub conditions_v4: Vec<String>,
-    pub conditions_v6: Vec<String>,
-}
-
-impl PortMapConfig {
-    /// The reference defaults: snat on, masqAll off, mark bit 13, no conditions.
-    pub fn new(network: &str, container_id: &str, mappings: Vec<PortMapping>) -> PortMapConfig {
-        PortMapConfig {
-            network: network.to_string(),
-            container_id: container_id.to_string(),
-            mappings,
-            snat: true,
-            masq_all: false,
-            mark_masq_bit: names::DEFAULT_MARK_MASQ_BIT,
-            external_set_mark_chain: None,
-            conditions_v4: Vec::new(),
-            conditions_v6: Vec::new(),
-        }
-    }
-
-    pub(crate) fn conditions(&self, family: IpFamily) -> &[String] {
-        match family {
-            IpFamily::V4 => &self.conditions_v4,
-            IpFamily::V6 => &self.conditions_v6,
-        }
-    }
-}
-
-/// One installed rule, by handle: what an ADD learned so the DEL can remove it without
-/// searching. Only iptables-nft and nftables rules have handles we can see.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RuleRef {
-    pub family: IpFamily,
-    pub table: String,
-    pub chain: String,
-    pub handle: u64,
-}
-
-/// The first address of each family: the reference maps one IPv4 and one IPv6 address.
-fn per_family(container_ips: &[IpNetwork]) -> Vec<IpNetwork> {
-    let mut out: Vec<IpNetwork> = Vec::new();
-    for net in container_ips {
-        if !out
-            .iter()
-            .any(|o| IpFamily::of(o.ip()) == IpFamily::of(net.ip()))
-        {
-            out.push(*net);
-        }
-    }
-    out
-}
+use super::lock::{LOCK_PATH, lock_at};
+use super::model::{PortMapConfig, PortMapping, Proto, RuleRef, per_family};
+use crate::Family;
+use crate::nftnl::conntrack::{DstFilter, delete_matching};
+use crate::nftnl::{self, Monitor};
 
 /// Installs the mappings of `config` towards `container_ips` (the first address of
 /// each family is used). Idempotent: a repeated call replaces the container's rules.
 /// Does nothing, and runs nothing, when there are no mappings.
+///
+/// Returns the handles of the rules a DEL will have to remove (`None` when they could
+/// not all be learned), for [`PortHints::known`]. `prior` is the record of an earlier
+/// ADD of the same container (`Some(&[])`: there was none), which spares searching for
+/// its old rules.
 pub fn forward_ports(
     backend: Backend,
     config: &PortMapConfig,
     container_ips: &[IpNetwork],
-) -> Result<(), NatError> {
-    forward_ports_tracked(backend, config, container_ips, None).map(drop)
+    prior: Option<&[RuleRef]>,
+) -> Result<Option<Vec<RuleRef>>, NatError> {
+    forward_with(
+        backend.driver(),
+        Path::new(LOCK_PATH),
+        config,
+        container_ips,
+        prior,
+    )
 }
 
-/// [`forward_ports`] that also returns the handles of the rules a DEL will have to
-/// remove (`None` when they could not all be learned), for
-/// [`unforward_ports_tracked`]. `prior` is the record of an earlier ADD of the same
-/// container (`Some(&[])`: there was none), which spares searching for its old rules.
-pub fn forward_ports_tracked(
-    backend: Backend,
+fn forward_with(
+    driver: &dyn NatDriver,
+    lock: &Path,
     config: &PortMapConfig,
     container_ips: &[IpNetwork],
     prior: Option<&[RuleRef]>,
@@ -176,338 +59,213 @@ pub fn forward_ports_tracked(
     if config.mappings.is_empty() || targets.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    let _lock = tools::lock()?;
-    if backend == Backend::NftablesSets {
-        // Set elements are found again by their comment: nothing to track.
-        return forward_locked(backend, config, &targets, prior).map(|()| Some(Vec::new()));
+    let _lock = lock_at(lock)?;
+    if !driver.tracks_rules() {
+        return driver
+            .forward_ports(config, &targets, prior)
+            .map(|()| Some(Vec::new()));
     }
     // Opened before any rule is written, so that no announcement is missed.
     let monitor = Monitor::open().ok();
-    let result = forward_locked(backend, config, &targets, prior);
+    let result = driver.forward_ports(config, &targets, prior);
     let added = monitor.and_then(|m| {
         let added = m.added_rules().ok();
         nftnl::close_at_exit(m);
         added
     });
     result?;
-    Ok(added.and_then(|added| portmap_direct::select_tracked(&added, backend, config, &targets)))
+    Ok(added.and_then(|added| driver.select_tracked(&added, config, &targets)))
 }
 
-fn forward_locked(
-    backend: Backend,
-    config: &PortMapConfig,
-    targets: &[IpNetwork],
-    prior: Option<&[RuleRef]>,
-) -> Result<(), NatError> {
-    match backend {
-        Backend::Iptables => {
-            let mut nl = Nftnl::open().ok();
-            let result = iptables_forward(nl.as_mut(), config, targets);
-            if let Some(nl) = nl {
-                nftnl::close_at_exit(nl);
-            }
-            result
-        }
-        Backend::NftablesSets => {
-            // Without a record of an earlier ADD there is nothing of ours to sweep first.
-            let readd = prior.is_none_or(|p| !p.is_empty());
-            sets::hostport_forward(config, targets, readd).map_err(|e| {
-                e.context(|| {
-                    format!(
-                        "set up port mappings (nftables-sets) for {}",
-                        config.container_id
-                    )
-                })
-            })
-        }
-        Backend::Nftables => nftables::portmap::forward(config, targets, prior).map_err(|e| {
-            e.context(|| {
-                format!(
-                    "set up port mappings (nftables) for {}",
-                    config.container_id
-                )
-            })
-        }),
-    }
-}
-
-/// The iptables backend's ADD: straight into nf_tables where `nl` can, by
-/// `iptables-restore` otherwise.
-fn iptables_forward(
-    mut nl: Option<&mut Nftnl>,
-    config: &PortMapConfig,
-    targets: &[IpNetwork],
-) -> Result<(), NatError> {
-    for &target in targets {
-        let family = IpFamily::of(target.ip());
-        if portmap_direct::iptables_is_nft(family)
-            && let Some(nl) = nl.as_deref_mut()
-            && matches!(
-                portmap_direct::iptables_forward_new(nl, config, target),
-                Ok(true)
-            )
-        {
-            continue;
-        }
-        iptables::transact(family, |saved| {
-            iptables::portmap::render_forward(saved, config, target)
-        })
-        .map_err(|e| {
-            e.context(|| {
-                format!(
-                    "set up port mappings ({family}) for {}",
-                    config.container_id
-                )
-            })
-        })?;
-    }
-    Ok(())
-}
-
-/// CHECK: every rule [`forward_ports`] would install is present.
+/// CHECK: every rule [`forward_ports`] would install is present. Reads only: no lock.
 pub fn check_ports(
     backend: Backend,
     config: &PortMapConfig,
     container_ips: &[IpNetwork],
 ) -> Result<(), NatError> {
-    let targets = per_family(container_ips);
+    check_with(backend.driver(), config, container_ips)
+}
+
+fn check_with(
+    driver: &dyn NatDriver,
+    config: &PortMapConfig,
+    container_ips: &[IpNetwork],
+) -> Result<(), NatError> {
     if config.mappings.is_empty() {
         return Ok(());
     }
-    match backend {
-        Backend::Iptables => {
-            for target in targets {
-                let saved = iptables::save_nat(IpFamily::of(target.ip()))?;
-                iptables::portmap::check(&saved, config, target)?;
-            }
-            Ok(())
-        }
-        Backend::Nftables => nftables::portmap::check(config, &targets),
-        Backend::NftablesSets => sets::hostport_check(config, &targets),
-    }
+    driver.check_ports(config, &per_family(container_ips))
 }
 
-/// Removes every mapping rule of (network, container) in both families, without
-/// needing the mappings or addresses. Idempotent; absent chains and tables are fine.
+/// Removes every mapping rule of (network, container) in both families. Needs neither
+/// the mappings nor the addresses; `hints` (what the last ADD recorded, and
+/// prevResult's addresses) only spare searching. Idempotent; absent chains and tables
+/// are fine.
+///
+/// A container added under another layout (the config changed since) is found too:
+/// the nftables-sets layout is swept whenever another one is configured.
 pub fn unforward_ports(
     backend: Backend,
     network: &str,
     container_id: &str,
+    hints: &PortHints<'_>,
 ) -> Result<(), NatError> {
-    unforward_ports_tracked(backend, network, container_id, None)
-}
-
-/// [`unforward_ports`] using the handles [`forward_ports_tracked`] returned (`None`
-/// when there is no such record), so that no shared chain has to be searched.
-pub fn unforward_ports_tracked(
-    backend: Backend,
-    network: &str,
-    container_id: &str,
-    known: Option<&[RuleRef]>,
-) -> Result<(), NatError> {
-    unforward_ports_installed(backend, network, container_id, known, None)
-}
-
-/// [`unforward_ports_tracked`] that also knows what the last ADD installed (its
-/// recorded mappings and the container's addresses from prevResult), so that the
-/// nftables-sets layout can look its entries up one by one instead of listing every
-/// container's.
-pub fn unforward_ports_installed(
-    backend: Backend,
-    network: &str,
-    container_id: &str,
-    known: Option<&[RuleRef]>,
-    installed: Option<(&[PortMapping], &[IpNetwork])>,
-) -> Result<(), NatError> {
-    let _lock = tools::lock()?;
-    let installed = installed.map(|(mappings, ips)| (mappings, per_family(ips)));
-    let installed = installed.as_ref().map(|(m, t)| (*m, t.as_slice()));
-    let configured = unforward_locked(backend, network, container_id, known, installed);
-    // A container added under another layout (the config changed since) is found too.
-    let sets_layout =
-        if backend != Backend::NftablesSets && sets::table_may_exist(sets::HOSTPORT_TABLE) {
-            sets::hostport_unforward(network, container_id, None)
-        } else {
-            Ok(())
-        };
-    NatError::collect(
-        configured
-            .err()
-            .into_iter()
-            .chain(sets_layout.err())
-            .collect(),
+    let sets = Backend::NftablesSets.driver();
+    let others: &[&dyn NatDriver] = if backend == Backend::NftablesSets {
+        &[]
+    } else {
+        &[sets]
+    };
+    unforward_with(
+        backend.driver(),
+        others,
+        Path::new(LOCK_PATH),
+        network,
+        container_id,
+        hints,
     )
 }
 
-fn unforward_locked(
-    backend: Backend,
+fn unforward_with(
+    configured: &dyn NatDriver,
+    others: &[&dyn NatDriver],
+    lock: &Path,
     network: &str,
     container_id: &str,
-    known: Option<&[RuleRef]>,
-    installed: Option<(&[PortMapping], &[IpNetwork])>,
+    hints: &PortHints<'_>,
 ) -> Result<(), NatError> {
-    match backend {
-        Backend::NftablesSets => sets::hostport_unforward(network, container_id, installed)
-            .map_err(|e| {
-                e.context(|| format!("tear down port mappings (nftables-sets) for {container_id}"))
-            }),
-        Backend::Iptables => {
-            let mut errors = Vec::new();
-            let mut usable = 0;
-            let mut nl = Nftnl::open().ok();
-            for family in [IpFamily::V4, IpFamily::V6] {
-                if !family.enabled() || !iptables::available(family) {
-                    continue;
-                }
-                usable += 1;
-                if portmap_direct::iptables_is_nft(family)
-                    && let Some(nl) = nl.as_mut()
-                {
-                    let by_handle = known.is_some_and(|refs| {
-                        matches!(
-                            portmap_direct::iptables_unforward_known(
-                                nl,
-                                family,
-                                network,
-                                container_id,
-                                refs
-                            ),
-                            Ok(true)
-                        )
-                    });
-                    if by_handle
-                        || matches!(
-                            portmap_direct::iptables_unforward(nl, family, network, container_id),
-                            Ok(true)
-                        )
-                    {
-                        continue;
-                    }
-                }
-                if let Err(e) = iptables::transact(family, |saved| {
-                    iptables::portmap::render_unforward(saved, network, container_id)
-                }) {
-                    errors.push(e.context(|| {
-                        format!("tear down port mappings ({family}) for {container_id}")
-                    }));
-                }
-            }
-            if let Some(nl) = nl {
-                nftnl::close_at_exit(nl);
-            }
-            if usable == 0 {
-                return Err(NatError::ToolMissing("iptables-restore"));
-            }
-            NatError::collect(errors)
-        }
-        Backend::Nftables => {
-            let direct = nftnl::with_socket(|nl| {
-                for family in [IpFamily::V4, IpFamily::V6] {
-                    if !family.enabled() {
-                        continue;
-                    }
-                    let known = match known {
-                        Some(refs) => {
-                            portmap_direct::nft_known_rules(nl, family, container_id, refs)?
-                        }
-                        None => None,
-                    };
-                    match known {
-                        Some(rules) => {
-                            let ops: Vec<Op> = rules
-                                .into_iter()
-                                .map(|r| Op::DeleteRule {
-                                    chain: r.chain,
-                                    handle: r.handle,
-                                })
-                                .collect();
-                            nl.commit(family, names::NFT_HOSTPORT_TABLE, &ops)?;
-                        }
-                        None => portmap_direct::nft_unforward(nl, family, container_id)?,
-                    }
-                }
-                Ok(())
-            });
-            if direct.is_ok() {
-                return Ok(());
-            }
-            nftables::portmap::unforward(container_id).map_err(|e| {
-                e.context(|| format!("tear down port mappings (nftables) for {container_id}"))
-            })
+    let _lock = lock_at(lock)?;
+    let targets = hints.installed.map(|(_, ips)| per_family(ips));
+    let hints = PortHints {
+        known: hints.known,
+        installed: hints
+            .installed
+            .zip(targets.as_deref())
+            .map(|((m, _), t)| (m, t)),
+    };
+    let mut errors: Vec<NatError> = configured
+        .unforward_ports(network, container_id, &hints)
+        .err()
+        .into_iter()
+        .collect();
+    for other in others.iter().filter(|d| d.may_hold_ports()) {
+        if let Err(e) = other.unforward_ports(network, container_id, &PortHints::default()) {
+            errors.push(e);
         }
     }
+    NatError::collect(errors)
 }
 
-/// Test fixtures shared by the iptables and nftables renderers' golden tests.
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use super::{PortMapping, Proto};
-
-    /// A mapping from literals; `ip` is a host IP such as `"0.0.0.0"`.
-    pub fn mapping(host: u16, ctr: u16, protocol: Proto, ip: Option<&str>) -> PortMapping {
-        PortMapping {
-            host_port: host,
-            container_port: ctr,
-            protocol,
-            host_ip: ip.map(|s| s.parse().expect("test host IP")),
-        }
-    }
-
-    /// The mappings of the reference's own portmap tests (portmap_iptables_test.go and
-    /// portmap_nftables_test.go use the same list).
-    pub fn reference_mappings() -> Vec<PortMapping> {
-        vec![
-            mapping(8080, 80, Proto::Tcp, None),
-            mapping(8081, 80, Proto::Tcp, None),
-            mapping(8080, 81, Proto::Udp, None),
-            mapping(8082, 82, Proto::Udp, None),
-            mapping(8083, 83, Proto::Tcp, Some("192.168.0.2")),
-            mapping(8084, 84, Proto::Tcp, Some("0.0.0.0")),
-            mapping(8085, 85, Proto::Tcp, Some("2001:db8:a::1")),
-            mapping(8086, 86, Proto::Tcp, Some("::")),
-        ]
-    }
+/// Deletes the UDP entries towards the host ports of `mappings` that apply to `family`
+/// (a mapping with a specific host IP only flushes that destination). Returns how many
+/// entries were deleted.
+pub fn flush_udp_host_ports(mappings: &[PortMapping], family: Family) -> Result<usize, NatError> {
+    let filters: Vec<DstFilter> = mappings
+        .iter()
+        .filter(|m| m.protocol == Proto::Udp && m.applies_to(family))
+        .map(|m| DstFilter {
+            family,
+            protocol: Proto::Udp,
+            port: m.host_port,
+            address: m.dest_ip(),
+        })
+        .collect();
+    delete_matching(family, &filters)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::driver::testing::{Call, RecordingDriver, lock_file};
     use super::*;
 
-    #[test]
-    fn protocols_parse_case_insensitively_and_sort_by_name() {
-        assert_eq!(Proto::parse("TCP"), Some(Proto::Tcp));
-        assert_eq!(Proto::parse("udp"), Some(Proto::Udp));
-        assert_eq!(Proto::parse("Sctp"), Some(Proto::Sctp));
-        assert_eq!(Proto::parse("icmp"), None);
-        let mut v = vec![Proto::Udp, Proto::Tcp, Proto::Sctp];
-        v.sort();
-        assert_eq!(v, [Proto::Sctp, Proto::Tcp, Proto::Udp]);
-    }
-
-    #[test]
-    fn host_ip_family_filtering() {
-        let m = |ip: Option<&str>| PortMapping {
-            host_port: 1,
-            container_port: 1,
+    fn config(id: &str) -> PortMapConfig {
+        let tcp = PortMapping {
+            host_port: 8080,
+            container_port: 80,
             protocol: Proto::Tcp,
-            host_ip: ip.map(|s| s.parse().unwrap()),
+            host_ip: None,
         };
-        assert!(m(None).applies_to(IpFamily::V4) && m(None).applies_to(IpFamily::V6));
-        assert!(m(Some("0.0.0.0")).applies_to(IpFamily::V4));
-        assert!(!m(Some("0.0.0.0")).applies_to(IpFamily::V6));
-        assert_eq!(m(Some("0.0.0.0")).dest_ip(), None);
-        assert_eq!(m(Some("::")).dest_ip(), None);
-        assert!(m(Some("192.168.0.2")).dest_ip().is_some());
+        PortMapConfig::new("net", id, vec![tcp])
     }
 
-    #[test]
-    fn one_target_per_family() {
-        let ips: Vec<IpNetwork> = ["10.0.0.2/24", "10.0.0.3/24", "2001:db8::2/64"]
+    fn ips() -> Vec<IpNetwork> {
+        ["10.0.0.2/24", "10.0.0.3/24", "fd00::2/64"]
             .iter()
             .map(|s| s.parse().unwrap())
-            .collect();
-        let t = per_family(&ips);
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0].ip().to_string(), "10.0.0.2");
+            .collect()
+    }
+
+    #[test]
+    fn forward_maps_one_address_per_family_under_the_lock() {
+        let (lock, _dir) = lock_file("forward");
+        let d = RecordingDriver::new("a", &lock);
+        let tracked = forward_with(&d, &lock, &config("c1"), &ips(), Some(&[])).unwrap();
+        assert_eq!(
+            tracked,
+            Some(Vec::new()),
+            "nothing to track: an empty record"
+        );
+        assert_eq!(
+            d.calls(),
+            [Call::locked("forward_ports c1 to 2 targets, prior 0")]
+        );
+        // Without mappings or addresses nothing runs, not even the lock.
+        let none = PortMapConfig::new("net", "c2", Vec::new());
+        forward_with(&d, &lock, &none, &ips(), None).unwrap();
+        forward_with(&d, &lock, &config("c3"), &[], None).unwrap();
+        assert_eq!(d.calls().len(), 1);
+    }
+
+    #[test]
+    fn check_takes_no_lock() {
+        let (lock, _dir) = lock_file("check");
+        let d = RecordingDriver::new("a", &lock);
+        check_with(&d, &config("c1"), &ips()).unwrap();
+        assert_eq!(d.calls(), [Call::unlocked("check_ports c1")]);
+    }
+
+    #[test]
+    fn unforward_uses_the_hints_then_sweeps_the_other_layouts() {
+        let (lock, _dir) = lock_file("unforward");
+        let configured = RecordingDriver::new("a", &lock).failing();
+        let holding = RecordingDriver::new("b", &lock);
+        let empty = RecordingDriver::new("c", &lock).holding_nothing();
+        let mappings = config("c1").mappings;
+        let addresses = ips();
+        let hints = PortHints {
+            known: None,
+            installed: Some((&mappings, &addresses)),
+        };
+        let err = unforward_with(&configured, &[&holding, &empty], &lock, "net", "c1", &hints)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a: unforward_ports c1, 0 known, 2 addresses failed"
+        );
+        assert_eq!(
+            configured.calls(),
+            [Call::locked("unforward_ports c1, 0 known, 2 addresses")],
+            "one address per family reaches the driver"
+        );
+        // The configured layout failed; the others are still swept, with no hints
+        // (what the record says is about the configured layout).
+        assert_eq!(
+            holding.calls(),
+            [Call::locked("unforward_ports c1, 0 known, 0 addresses")]
+        );
+        assert_eq!(empty.calls(), []);
+    }
+
+    #[test]
+    fn udp_flush_only_covers_udp_mappings_of_the_family() {
+        let m = |proto, ip: Option<&str>| PortMapping {
+            host_port: 53,
+            container_port: 53,
+            protocol: proto,
+            host_ip: ip.map(|s| s.parse().unwrap()),
+        };
+        // No UDP mapping for IPv6: returns before opening any socket.
+        let mappings = [m(Proto::Tcp, None), m(Proto::Udp, Some("10.0.0.1"))];
+        assert_eq!(flush_udp_host_ports(&mappings, Family::V6).unwrap(), 0);
     }
 }

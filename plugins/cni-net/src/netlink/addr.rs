@@ -42,7 +42,7 @@ impl Addr {
     }
 
     pub fn family(&self) -> Family {
-        Family::of(&self.net.ip())
+        Family::of(self.net.ip())
     }
 
     /// IPv6 duplicate address detection still running.
@@ -91,7 +91,7 @@ impl Addr {
 
 fn addr_msg(index: u32, net: IpNetwork) -> AddressMessage {
     let mut m = AddressMessage::default();
-    m.header.family = Family::of(&net.ip()).af();
+    m.header.family = Family::of(net.ip()).af();
     m.header.prefix_len = net.prefix();
     m.header.index = index;
     m

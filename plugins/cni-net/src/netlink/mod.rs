@@ -1,5 +1,5 @@
-//! Synchronous rtnetlink: links, addresses, routes, bridge ports and IPv4
-//! per-interface settings.
+//! Synchronous rtnetlink: links, addresses, routes, bridge ports, IPv4
+//! per-interface settings, and link notifications ([`LinkEvents`]).
 //!
 //! One [`Netlink`] socket per network namespace; methods are kernel verbs:
 //!
@@ -39,6 +39,7 @@
 mod addr;
 mod bridge;
 mod devconf;
+mod events;
 mod link;
 mod netconf;
 mod route;
@@ -48,6 +49,7 @@ mod types;
 pub use addr::{Addr, IFA_F_DADFAILED, IFA_F_NODAD, IFA_F_PERMANENT, IFA_F_TENTATIVE};
 pub use bridge::BridgeVlan;
 pub use devconf::{Ipv4Conf, Ipv4DevConf};
+pub use events::{LinkEvents, PORT_UP_TIMEOUT};
 pub use link::{BridgePortInfo, Link};
 pub use route::{RT_TABLE_LOCAL, RT_TABLE_MAIN, RTN_UNICAST, RTPROT_BOOT, Route};
 pub use socket::{DUMP_ATTEMPTS, Netlink};

@@ -114,7 +114,7 @@ impl Route {
     }
 
     pub fn family(&self) -> Family {
-        Family::of(&self.dst.ip())
+        Family::of(self.dst.ip())
     }
 
     pub fn is_default(&self) -> bool {
@@ -136,7 +136,7 @@ impl Route {
             a.push(RouteAttribute::Destination(route_addr(self.dst.ip())));
         }
         if let Some(gw) = self.gw {
-            if Family::of(&gw) == self.family() {
+            if Family::of(gw) == self.family() {
                 a.push(RouteAttribute::Gateway(route_addr(gw)));
             } else {
                 // An IPv6 next hop for an IPv4 route (RFC 5549).

@@ -2,26 +2,14 @@
 //! `netlink-packet-route` types so callers do not depend on that crate.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::str::FromStr;
 
 use netlink_packet_route::AddressFamily;
 
-/// An IP family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
+pub use crate::family::Family;
 
+/// rtnetlink's view of the family.
 impl Family {
-    pub fn of(ip: &IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
     pub(crate) fn af(self) -> AddressFamily {
         match self {
             Family::V4 => AddressFamily::Inet,
@@ -35,15 +23,6 @@ impl Family {
             AddressFamily::Inet6 => Some(Family::V6),
             _ => None,
         }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
     }
 }
 

@@ -5,10 +5,10 @@ use ipnetwork::IpNetwork;
 
 use super::restore::{Rule, Script};
 use super::save::SavedTable;
-use crate::nat::IpFamily;
+use crate::Family;
 use crate::nat::error::NatError;
+use crate::nat::model::{PortMapConfig, Proto};
 use crate::nat::names::{self, HOSTPORT_DNAT_CHAIN, HOSTPORT_MASQ_CHAIN, HOSTPORT_SETMARK_CHAIN};
-use crate::nat::portmap::{PortMapConfig, Proto};
 
 /// multiport accepts at most 15 ports per rule.
 const MULTIPORT_MAX: usize = 15;
@@ -89,7 +89,7 @@ pub(crate) fn entry_count(config: &PortMapConfig) -> usize {
 /// The container chain's rules: per mapping of this family, hairpin mark, localhost mark
 /// (IPv4, unless masqAll), DNAT — the marks first so they see the original destination.
 fn chain_rules(config: &PortMapConfig, container: IpNetwork) -> Vec<Rule> {
-    let family = IpFamily::of(container.ip());
+    let family = Family::of(container.ip());
     let chain = names::dnat_chain(&config.network, &config.container_id);
     let set_mark = config
         .external_set_mark_chain
@@ -119,7 +119,7 @@ fn chain_rules(config: &PortMapConfig, container: IpNetwork) -> Vec<Rule> {
                     .args(&matches)
                     .jump(set_mark),
             );
-            if family == IpFamily::V4 && !config.masq_all {
+            if family == Family::V4 && !config.masq_all {
                 out.push(
                     Rule::new(&chain)
                         .args(&["-s", "127.0.0.1/32"])
@@ -147,7 +147,7 @@ pub(crate) fn render_forward(
     config: &PortMapConfig,
     container: IpNetwork,
 ) -> Option<Script> {
-    let family = IpFamily::of(container.ip());
+    let family = Family::of(container.ip());
     let chain = names::dnat_chain(&config.network, &config.container_id);
     let conditions = config.conditions(family);
     let mut script = Script::new();
@@ -218,7 +218,7 @@ pub(crate) fn render_forward(
 /// known to be in place: `-N` the chain (failing the commit if it exists after all),
 /// fill it, append its entries. No saved table needed.
 pub(crate) fn render_new_container(config: &PortMapConfig, container: IpNetwork) -> Script {
-    let family = IpFamily::of(container.ip());
+    let family = Family::of(container.ip());
     let chain = names::dnat_chain(&config.network, &config.container_id);
     let mut script = Script::new();
     script.create(&chain);
@@ -282,7 +282,7 @@ pub(crate) fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::portmap::fixtures::{mapping as m, reference_mappings};
+    use crate::nat::model::fixtures::{mapping as m, reference_mappings};
 
     /// The reference's test mappings (portmap_iptables_test.go).
     fn reference_config() -> PortMapConfig {

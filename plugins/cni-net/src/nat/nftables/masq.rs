@@ -8,9 +8,8 @@ use ipnetwork::IpNetwork;
 
 use serde_json::{Value, json};
 
-use super::{NftRule, list_chain, list_table_doc, parse_rules_doc, quote, transact};
-use crate::nat::error::NatError;
-use crate::nat::masq::Attachment;
+use super::tool::{NftRule, quote};
+use crate::nat::model::Attachment;
 use crate::nat::names::{
     self, NFT_MASQ_CHAIN, NFT_MASQ_CHAIN_COMMENT, NFT_MASQ_POSTROUTING_CHAIN, NFT_MASQ_TABLE,
     NFT_MASQ_TABLE_COMMENT,
@@ -172,55 +171,6 @@ pub(crate) fn render_delete(rules: &[&NftRule]) -> Option<String> {
         return None;
     }
     Some(rules.iter().map(|r| r.delete_command() + "\n").collect())
-}
-
-fn current() -> Result<Vec<NftRule>, NatError> {
-    list_chain("inet", NFT_MASQ_TABLE, NFT_MASQ_CHAIN)
-}
-
-pub(crate) fn setup(
-    network: &str,
-    ifname: &str,
-    container_id: &str,
-    nets: &[IpNetwork],
-) -> Result<(), NatError> {
-    transact(|| {
-        // The whole table, not just masq_checks: the same one process also shows
-        // whether the skeleton needs rebuilding.
-        let doc = list_table_doc("inet", NFT_MASQ_TABLE)?;
-        let (ready, rules) = match &doc {
-            Some(doc) => (skeleton_ready(doc), parse_rules_doc(doc)?),
-            None => (false, Vec::new()),
-        };
-        let stale = instance_rules(&rules, network, ifname, container_id);
-        Ok(Some(render_setup(
-            ready,
-            &stale,
-            network,
-            ifname,
-            container_id,
-            nets,
-        )))
-    })
-}
-
-pub(crate) fn teardown(network: &str, ifname: &str, container_id: &str) -> Result<(), NatError> {
-    transact(|| {
-        let rules = current()?;
-        Ok(render_delete(&instance_rules(
-            &rules,
-            network,
-            ifname,
-            container_id,
-        )))
-    })
-}
-
-pub(crate) fn gc(network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
-    transact(|| {
-        let rules = current()?;
-        Ok(render_delete(&gc_rules(&rules, network, valid)))
-    })
 }
 
 #[cfg(test)]

@@ -1,176 +1,240 @@
-//! The nftables backend: read rules with `nft -j list`, commit with one `nft -f -`
-//! (a single kernel transaction: all of it applies or none).
+//! `Backend::Nftables`: the reference's layout (`inet cni_plugins_masquerade`,
+//! `ip`/`ip6 cni_hostport`) committed through one `nft -f` per call, its rules listed,
+//! checked and deleted straight through nf_tables netlink where it can ([`kernel`]).
 
+mod kernel;
 pub(crate) mod masq;
 pub(crate) mod portmap;
+mod tool;
 
+use ipnetwork::IpNetwork;
+
+use crate::Family;
+use crate::nat::driver::{NatDriver, PortHints};
 use crate::nat::error::NatError;
-use crate::nat::tools::{self, Tool};
+use crate::nat::model::{Attachment, PortMapConfig, RuleRef};
+use crate::nat::names::{NFT_HOSTPORT_TABLE, NFT_MASQ_CHAIN, NFT_MASQ_TABLE};
+use crate::nftnl::{self, AddedRule, Op};
+use crate::tools::Tool;
+use tool::{NftRule, list_chain, list_table, list_table_doc, parse_rules_doc, transact};
 
-/// A rule as listed by `nft -j`, reduced to what we select on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct NftRule {
-    pub family: String,
-    pub table: String,
-    pub chain: String,
-    pub handle: u64,
-    pub comment: Option<String>,
-}
+/// The nftables driver; stateless, one `static` in `backend.rs`.
+pub(crate) struct Nftables;
 
-impl NftRule {
-    /// The command that deletes this rule by its handle.
-    pub fn delete_command(&self) -> String {
-        format!(
-            "delete rule {} {} {} handle {}",
-            self.family, self.table, self.chain, self.handle
-        )
+impl NatDriver for Nftables {
+    fn name(&self) -> &'static str {
+        "nftables"
     }
-}
 
-/// Extracts the rules from `nft -j list ...` output.
-pub(crate) fn parse_rules(json: &str) -> Result<Vec<NftRule>, NatError> {
-    let err = |detail: String| NatError::Parse {
-        tool: "nft".into(),
-        detail,
-    };
-    let doc: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| err(format!("invalid JSON: {e}")))?;
-    parse_rules_doc(&doc)
-}
-
-/// The rules of an already parsed `nft -j list ...` document.
-pub(crate) fn parse_rules_doc(doc: &serde_json::Value) -> Result<Vec<NftRule>, NatError> {
-    let err = |detail: String| NatError::Parse {
-        tool: "nft".into(),
-        detail,
-    };
-    let items = doc
-        .get("nftables")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| err("no \"nftables\" array".into()))?;
-    let mut out = Vec::new();
-    for item in items {
-        let Some(rule) = item.get("rule") else {
-            continue;
-        };
-        let text = |key: &str| rule.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        let (Some(family), Some(table), Some(chain), Some(handle)) = (
-            text("family"),
-            text("table"),
-            text("chain"),
-            rule.get("handle").and_then(|v| v.as_u64()),
-        ) else {
-            return Err(err(format!(
-                "rule without family/table/chain/handle: {rule}"
-            )));
-        };
-        out.push(NftRule {
-            family,
-            table,
-            chain,
-            handle,
-            comment: text("comment"),
-        });
-    }
-    Ok(out)
-}
-
-fn is_not_found(err: &NatError) -> bool {
-    matches!(err, NatError::ToolFailed { detail, .. } if detail.contains("No such file or directory"))
-}
-
-/// Rules of one table (all chains), or none when the table does not exist.
-pub(crate) fn list_table(family: &str, table: &str) -> Result<Vec<NftRule>, NatError> {
-    match tools::run(Tool::Nft, &["-j", "list", "table", family, table], None) {
-        Ok(json) => parse_rules(&json),
-        Err(e) if is_not_found(&e) => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
-/// `nft -j list table` as a document, or `None` when the table does not exist.
-pub(crate) fn list_table_doc(
-    family: &str,
-    table: &str,
-) -> Result<Option<serde_json::Value>, NatError> {
-    match tools::run(Tool::Nft, &["-j", "list", "table", family, table], None) {
-        Ok(json) => serde_json::from_str(&json)
-            .map(Some)
-            .map_err(|e| NatError::Parse {
-                tool: "nft".into(),
-                detail: format!("invalid JSON: {e}"),
-            }),
-        Err(e) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Rules of one chain, or none when the table or chain does not exist.
-pub(crate) fn list_chain(family: &str, table: &str, chain: &str) -> Result<Vec<NftRule>, NatError> {
-    match tools::run(
-        Tool::Nft,
-        &["-j", "list", "chain", family, table, chain],
-        None,
-    ) {
-        Ok(json) => parse_rules(&json),
-        Err(e) if is_not_found(&e) => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Commits `script` as one transaction.
-pub(crate) fn apply(script: &str) -> Result<(), NatError> {
-    tools::run(Tool::Nft, &["-f", "-"], Some(script)).map(drop)
-}
-
-/// Deleting a rule by handle fails the whole transaction if someone outside our lock
-/// (a Go plugin) deleted it since we listed; re-list and re-decide.
-const ATTEMPTS: u64 = 5;
-
-/// One read-decide-commit: `decide` lists what it needs and returns the transaction,
-/// or `None` when there is nothing to do. The caller holds the lock.
-pub(crate) fn transact<F>(mut decide: F) -> Result<(), NatError>
-where
-    F: FnMut() -> Result<Option<String>, NatError>,
-{
-    let mut last_err = None;
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+    fn setup_masq(
+        &self,
+        network: &str,
+        ifname: &str,
+        container_id: &str,
+        ips: &[IpNetwork],
+    ) -> Result<(), NatError> {
+        if !Tool::Nft.available() {
+            return Err(NatError::ToolMissing("nft"));
         }
-        let Some(script) = decide()? else {
+        masq_setup(network, ifname, container_id, ips)
+            .map_err(|e| e.context(|| format!("set up ipMasq (nftables) for {container_id}")))
+    }
+
+    /// `nft` is installed and the kernel does not say the table is absent (a netlink
+    /// error means "maybe"): on a node that never used this layout, a DEL costs a
+    /// netlink round trip instead of a process.
+    fn may_hold_masq(&self) -> bool {
+        Tool::Nft.available() && kernel::inet_table_exists(NFT_MASQ_TABLE).unwrap_or(true)
+    }
+
+    fn teardown_masq(
+        &self,
+        network: &str,
+        ifname: &str,
+        container_id: &str,
+        _addresses: Option<&[IpNetwork]>,
+    ) -> Result<(), NatError> {
+        transact(|| {
+            let rules = masq_rules()?;
+            Ok(masq::render_delete(&masq::instance_rules(
+                &rules,
+                network,
+                ifname,
+                container_id,
+            )))
+        })
+        .map_err(|e| e.context(|| format!("tear down ipMasq (nftables) for {container_id}")))
+    }
+
+    /// Rules are per attachment, as in the reference.
+    fn gc_masq(&self, network: &str, valid: &[Attachment<'_>]) -> Result<(), NatError> {
+        transact(|| {
+            let rules = masq_rules()?;
+            Ok(masq::render_delete(&masq::gc_rules(&rules, network, valid)))
+        })
+        .map_err(|e| e.context(|| format!("GC ipMasq (nftables) of network {network}")))
+    }
+
+    fn forward_ports(
+        &self,
+        config: &PortMapConfig,
+        targets: &[IpNetwork],
+        prior: Option<&[RuleRef]>,
+    ) -> Result<(), NatError> {
+        forward(config, targets, prior).map_err(|e| {
+            e.context(|| {
+                format!(
+                    "set up port mappings (nftables) for {}",
+                    config.container_id
+                )
+            })
+        })
+    }
+
+    fn tracks_rules(&self) -> bool {
+        true
+    }
+
+    fn select_tracked(
+        &self,
+        added: &[AddedRule],
+        config: &PortMapConfig,
+        targets: &[IpNetwork],
+    ) -> Option<Vec<RuleRef>> {
+        kernel::select_tracked(added, config, targets)
+    }
+
+    fn check_ports(&self, config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(), NatError> {
+        for target in targets {
+            let family = Family::of(target.ip());
+            let rules = list_table(family.nft_word(), NFT_HOSTPORT_TABLE)?;
+            portmap::check_rules(&rules, config, family)?;
+        }
+        Ok(())
+    }
+
+    fn may_hold_ports(&self) -> bool {
+        Tool::Nft.available()
+    }
+
+    /// By recorded handle or by the container chains' rules over netlink; `nft` only
+    /// when netlink fails.
+    fn unforward_ports(
+        &self,
+        _network: &str,
+        container_id: &str,
+        hints: &PortHints<'_>,
+    ) -> Result<(), NatError> {
+        if unforward_direct(container_id, hints.known).is_ok() {
             return Ok(());
-        };
-        match apply(&script) {
-            Ok(()) => return Ok(()),
-            Err(err @ NatError::ToolFailed { .. }) => last_err = Some(err),
-            Err(err) => return Err(err),
         }
+        transact(|| {
+            let mut rules = list_table("ip", NFT_HOSTPORT_TABLE)?;
+            if Family::V6.enabled() {
+                rules.extend(list_table("ip6", NFT_HOSTPORT_TABLE)?);
+            }
+            Ok(portmap::render_unforward(&rules, container_id))
+        })
+        .map_err(|e| e.context(|| format!("tear down port mappings (nftables) for {container_id}")))
     }
-    Err(last_err.unwrap_or(NatError::ToolMissing("nft")))
 }
 
-/// An nft string literal. nft has no escape for `"` inside strings; the reference strips
-/// them from comment parts, and IDs and names never contain them.
-pub(crate) fn quote(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', ""))
+/// The ipMasq rules of every attachment.
+fn masq_rules() -> Result<Vec<NftRule>, NatError> {
+    list_chain("inet", NFT_MASQ_TABLE, NFT_MASQ_CHAIN)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn masq_setup(
+    network: &str,
+    ifname: &str,
+    container_id: &str,
+    nets: &[IpNetwork],
+) -> Result<(), NatError> {
+    transact(|| {
+        // The whole table, not just masq_checks: the same one process also shows
+        // whether the skeleton needs rebuilding.
+        let doc = list_table_doc("inet", NFT_MASQ_TABLE)?;
+        let (ready, rules) = match &doc {
+            Some(doc) => (masq::skeleton_ready(doc), parse_rules_doc(doc)?),
+            None => (false, Vec::new()),
+        };
+        let stale = masq::instance_rules(&rules, network, ifname, container_id);
+        Ok(Some(masq::render_setup(
+            ready,
+            &stale,
+            network,
+            ifname,
+            container_id,
+            nets,
+        )))
+    })
+}
 
-    #[test]
-    fn parses_rules_from_nft_json() {
-        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "ip", "name": "cni_hostport", "handle": 3}}, {"chain": {"family": "ip", "table": "cni_hostport", "name": "hostports", "handle": 1}}, {"rule": {"family": "ip", "table": "cni_hostport", "chain": "hostports", "handle": 2, "comment": "abc", "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 8080}}, {"dnat": {"addr": "10.0.0.2", "port": 80}}]}}, {"rule": {"family": "ip", "table": "cni_hostport", "chain": "hostports_all", "handle": 7, "expr": []}}]}"#;
-        let rules = parse_rules(json).unwrap();
-        assert_eq!(rules.len(), 2);
-        assert_eq!(rules[0].comment.as_deref(), Some("abc"));
-        assert_eq!(
-            rules[0].delete_command(),
-            "delete rule ip cni_hostport hostports handle 2"
-        );
-        assert_eq!(rules[1].comment, None);
-        assert!(parse_rules("not json").is_err());
-    }
+/// `prior`: the container's rules as recorded by an earlier ADD (`Some(&[])`: it had
+/// none), so they need not be searched for; `None`: unknown, search.
+fn forward(
+    config: &PortMapConfig,
+    targets: &[IpNetwork],
+    prior: Option<&[RuleRef]>,
+) -> Result<(), NatError> {
+    transact(|| {
+        let mut script = String::new();
+        for target in targets {
+            let ip_family = Family::of(target.ip());
+            let family = ip_family.nft_word();
+            // The kernel lists just the container's chains (or, with a record, just
+            // its recorded rules), far cheaper than `nft -j` printing the whole table;
+            // the tool stays as the fallback.
+            let direct = nftnl::with_socket(|nl| {
+                let known = match prior {
+                    Some(refs) => kernel::known_rules(nl, ip_family, &config.container_id, refs)?,
+                    None => None,
+                };
+                let rules = match known {
+                    Some(rules) => rules,
+                    None => kernel::container_rules(nl, ip_family, &config.container_id)?,
+                };
+                let ready = config.conditions(ip_family).is_empty()
+                    && kernel::skeleton_ready(nl, ip_family, config.snat)?;
+                Ok((rules, ready))
+            });
+            let (rules, skeleton_ready) = match direct {
+                Ok(found) => found,
+                Err(_) => (list_table(family, NFT_HOSTPORT_TABLE)?, false),
+            };
+            let stale = portmap::container_rules(&rules, &config.container_id);
+            script.push_str(&portmap::render(&stale, config, *target, !skeleton_ready));
+        }
+        Ok(Some(script))
+    })
+}
+
+/// DEL without `nft`: the recorded rules that are still the container's, else its
+/// rules listed chain by chain, deleted per family in one batch.
+fn unforward_direct(container_id: &str, known: Option<&[RuleRef]>) -> std::io::Result<()> {
+    nftnl::with_socket(|nl| {
+        for family in [Family::V4, Family::V6] {
+            if !family.enabled() {
+                continue;
+            }
+            let known = match known {
+                Some(refs) => kernel::known_rules(nl, family, container_id, refs)?,
+                None => None,
+            };
+            match known {
+                Some(rules) => {
+                    let ops: Vec<Op> = rules
+                        .into_iter()
+                        .map(|r| Op::DeleteRule {
+                            chain: r.chain,
+                            handle: r.handle,
+                        })
+                        .collect();
+                    nl.commit(family, NFT_HOSTPORT_TABLE, &ops)?;
+                }
+                None => kernel::unforward(nl, family, container_id)?,
+            }
+        }
+        Ok(())
+    })
 }

@@ -6,24 +6,15 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::{NftRule, list_table, quote, transact};
-use crate::nat::IpFamily;
+use super::tool::{NftRule, quote};
+use crate::Family;
 use crate::nat::error::NatError;
+use crate::nat::model::PortMapConfig;
 use crate::nat::names::{
     NFT_HOSTIP_HOSTPORTS_CHAIN, NFT_HOSTPORT_TABLE, NFT_HOSTPORT_TABLE_COMMENT,
     NFT_HOSTPORTS_ALL_CHAIN, NFT_HOSTPORTS_CHAIN, NFT_MASQUERADING_CHAIN, NFT_OUTPUT_CHAIN,
     NFT_PREROUTING_CHAIN,
 };
-use crate::nat::nftnl;
-use crate::nat::portmap::{PortMapConfig, RuleRef};
-use crate::nat::portmap_direct;
-
-fn family_name(family: IpFamily) -> &'static str {
-    match family {
-        IpFamily::V4 => "ip",
-        IpFamily::V6 => "ip6",
-    }
-}
 
 fn ip_port(ip: IpAddr, port: u16) -> String {
     match ip {
@@ -33,7 +24,7 @@ fn ip_port(ip: IpAddr, port: u16) -> String {
 }
 
 /// The chains our per-container rules live in (and DEL searches).
-const CONTAINER_CHAINS: [&str; 3] = [
+pub(crate) const CONTAINER_CHAINS: [&str; 3] = [
     NFT_HOSTPORTS_CHAIN,
     NFT_HOSTIP_HOSTPORTS_CHAIN,
     NFT_MASQUERADING_CHAIN,
@@ -62,14 +53,14 @@ pub(crate) fn render_forward(
 /// rebuilt), the container's stale rules deleted, its rules added. The skeleton is
 /// left out when `with_skeleton` is false because it was found complete: rebuilding its
 /// base chains is most of an ADD's kernel time.
-fn render(
+pub(crate) fn render(
     stale: &[&NftRule],
     config: &PortMapConfig,
     container: IpNetwork,
     with_skeleton: bool,
 ) -> String {
-    let family = IpFamily::of(container.ip());
-    let ip_x = family_name(family);
+    let family = Family::of(container.ip());
+    let ip_x = family.nft_word();
     let t = format!("{ip_x} {NFT_HOSTPORT_TABLE}");
     let comment = quote(&config.container_id);
     let mut conditions = config.conditions(family).join(" ");
@@ -133,62 +124,19 @@ fn render(
         let ip = container.ip();
         let source = match (config.masq_all, family) {
             (false, _) => ip.to_string(),
-            (true, IpFamily::V4) => "0.0.0.0/0".to_string(),
-            (true, IpFamily::V6) => "::/0".to_string(),
+            (true, Family::V4) => "0.0.0.0/0".to_string(),
+            (true, Family::V6) => "::/0".to_string(),
         };
         line(format!(
             "add rule {t} {NFT_MASQUERADING_CHAIN} {ip_x} saddr {source} {ip_x} daddr {ip} masquerade comment {comment}"
         ));
-        if family == IpFamily::V4 && !config.masq_all {
+        if family == Family::V4 && !config.masq_all {
             line(format!(
                 "add rule {t} {NFT_MASQUERADING_CHAIN} {ip_x} saddr 127.0.0.1 {ip_x} daddr {ip} masquerade comment {comment}"
             ));
         }
     }
     out
-}
-
-/// `prior`: the container's rules as recorded by an earlier ADD (`Some(&[])`: it had
-/// none), so they need not be searched for; `None`: unknown, search.
-pub(crate) fn forward(
-    config: &PortMapConfig,
-    targets: &[IpNetwork],
-    prior: Option<&[RuleRef]>,
-) -> Result<(), NatError> {
-    transact(|| {
-        let mut script = String::new();
-        for target in targets {
-            let ip_family = IpFamily::of(target.ip());
-            let family = family_name(ip_family);
-            // The kernel lists just the container's chains (or, with a record, just
-            // its recorded rules), far cheaper than `nft -j` printing the whole table;
-            // the tool stays as the fallback.
-            let direct = nftnl::with_socket(|nl| {
-                let known = match prior {
-                    Some(refs) => {
-                        portmap_direct::nft_known_rules(nl, ip_family, &config.container_id, refs)?
-                    }
-                    None => None,
-                };
-                let rules = match known {
-                    Some(rules) => rules,
-                    None => {
-                        portmap_direct::nft_container_rules(nl, ip_family, &config.container_id)?
-                    }
-                };
-                let ready = config.conditions(ip_family).is_empty()
-                    && portmap_direct::nft_skeleton_ready(nl, ip_family, config.snat)?;
-                Ok((rules, ready))
-            });
-            let (rules, skeleton_ready) = match direct {
-                Ok(found) => found,
-                Err(_) => (list_table(family, NFT_HOSTPORT_TABLE)?, false),
-            };
-            let stale = container_rules(&rules, &config.container_id);
-            script.push_str(&render(&stale, config, *target, !skeleton_ready));
-        }
-        Ok(Some(script))
-    })
 }
 
 /// Deletion of the container's rules in both families, `None` when there are none.
@@ -200,22 +148,9 @@ pub(crate) fn render_unforward(rules: &[NftRule], container_id: &str) -> Option<
     Some(picked.iter().map(|r| r.delete_command() + "\n").collect())
 }
 
-pub(crate) fn unforward(container_id: &str) -> Result<(), NatError> {
-    transact(|| {
-        let mut rules = list_table("ip", NFT_HOSTPORT_TABLE)?;
-        if IpFamily::V6.enabled() {
-            rules.extend(list_table("ip6", NFT_HOSTPORT_TABLE)?);
-        }
-        Ok(render_unforward(&rules, container_id))
-    })
-}
-
-/// The reference's CHECK: enough rules carry the container's comment in each chain.
-pub(crate) fn check_rules(
-    rules: &[NftRule],
-    config: &PortMapConfig,
-    family: IpFamily,
-) -> Result<(), NatError> {
+/// How many rules of the container one family holds: its DNAT rules in `hostports`
+/// and its masquerade rules in `masquerading`.
+pub(crate) fn expected_rules(config: &PortMapConfig, family: Family) -> (usize, usize) {
     let host_ports = config
         .mappings
         .iter()
@@ -223,9 +158,19 @@ pub(crate) fn check_rules(
         .count();
     let masquerades = match (config.snat, family, config.masq_all) {
         (false, _, _) => 0,
-        (true, IpFamily::V4, false) => 2,
+        (true, Family::V4, false) => 2,
         (true, _, _) => 1,
     };
+    (host_ports, masquerades)
+}
+
+/// The reference's CHECK: enough rules carry the container's comment in each chain.
+pub(crate) fn check_rules(
+    rules: &[NftRule],
+    config: &PortMapConfig,
+    family: Family,
+) -> Result<(), NatError> {
+    let (host_ports, masquerades) = expected_rules(config, family);
     for (chain, want) in [
         (NFT_HOSTPORTS_CHAIN, host_ports),
         (NFT_MASQUERADING_CHAIN, masquerades),
@@ -246,20 +191,11 @@ pub(crate) fn check_rules(
     Ok(())
 }
 
-pub(crate) fn check(config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(), NatError> {
-    for target in targets {
-        let family = IpFamily::of(target.ip());
-        let rules = list_table(family_name(family), NFT_HOSTPORT_TABLE)?;
-        check_rules(&rules, config, family)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::portmap::Proto;
-    use crate::nat::portmap::fixtures::{mapping as m, reference_mappings};
+    use crate::nat::model::Proto;
+    use crate::nat::model::fixtures::{mapping as m, reference_mappings};
 
     /// portmap_nftables_test.go's configuration.
     fn reference_config() -> PortMapConfig {
@@ -378,13 +314,13 @@ add rule ip6 cni_hostport hostports tcp dport 8086 dnat to [2001:db8::2]:86 comm
     fn check_counts_rules_like_the_reference() {
         let config = PortMapConfig::new("test", "c1", vec![m(8080, 80, Proto::Tcp, None)]);
         let mut rules = vec![nft_rule("ip", "hostports", 1, Some("c1"))];
-        let err = check_rules(&rules, &config, IpFamily::V4).unwrap_err();
+        let err = check_rules(&rules, &config, Family::V4).unwrap_err();
         assert_eq!(
             err.to_string(),
             "missing hostport rules in \"masquerading\" chain"
         );
         rules.push(nft_rule("ip", "masquerading", 2, Some("c1")));
         rules.push(nft_rule("ip", "masquerading", 3, Some("c1")));
-        check_rules(&rules, &config, IpFamily::V4).unwrap();
+        check_rules(&rules, &config, Family::V4).unwrap();
     }
 }

@@ -15,24 +15,15 @@ use std::net::IpAddr;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::IpFamily;
-use super::error::NatError;
-use super::nftnl;
-use super::portmap::{PortMapping, Proto};
+use super::close_at_exit;
+use super::wire::{self, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, attributes_whole, find};
+use crate::Family;
+use crate::nat::error::NatError;
+use crate::nat::model::Proto;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_HDR_LEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-/// Type bits of an attribute, without the nested / byte-order flags.
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_ZONE: u16 = 18;
@@ -47,31 +38,14 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 /// original destination address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DstFilter {
-    pub family: IpFamily,
+    pub family: Family,
     pub protocol: Proto,
     pub port: u16,
     pub address: Option<IpAddr>,
 }
 
-/// Deletes the UDP entries towards the host ports of `mappings` that apply to `family`
-/// (a mapping with a specific host IP only flushes that destination). Returns how many
-/// entries were deleted.
-pub fn flush_udp_host_ports(mappings: &[PortMapping], family: IpFamily) -> Result<usize, NatError> {
-    let filters: Vec<DstFilter> = mappings
-        .iter()
-        .filter(|m| m.protocol == Proto::Udp && m.applies_to(family))
-        .map(|m| DstFilter {
-            family,
-            protocol: Proto::Udp,
-            port: m.host_port,
-            address: m.dest_ip(),
-        })
-        .collect();
-    delete_matching(family, &filters)
-}
-
 /// Deletes every entry of `family` matching any of `filters`, with one dump.
-pub fn delete_matching(family: IpFamily, filters: &[DstFilter]) -> Result<usize, NatError> {
+pub fn delete_matching(family: Family, filters: &[DstFilter]) -> Result<usize, NatError> {
     if filters.is_empty() {
         return Ok(0);
     }
@@ -86,12 +60,12 @@ pub fn delete_matching(family: IpFamily, filters: &[DstFilter]) -> Result<usize,
         .map_err(err("bind netfilter netlink socket"))?;
     let result = delete_on(&socket, family, filters);
     // Its release would wait for nf_tables' pending deletions (see close_at_exit).
-    nftnl::close_at_exit(socket);
+    close_at_exit(socket);
     result
 }
 
 /// [`delete_matching`] on an open ctnetlink socket.
-fn delete_on(socket: &Socket, family: IpFamily, filters: &[DstFilter]) -> Result<usize, NatError> {
+fn delete_on(socket: &Socket, family: Family, filters: &[DstFilter]) -> Result<usize, NatError> {
     let err = |context: &str| {
         let context = context.to_string();
         move |source: io::Error| NatError::Conntrack { context, source }
@@ -145,96 +119,18 @@ fn delete_on(socket: &Socket, family: IpFamily, filters: &[DstFilter]) -> Result
 }
 
 /// A ctnetlink request: netlink header, nfgenmsg, then `attrs` verbatim.
-fn request(msg: u16, flags: u16, seq: u32, family: IpFamily, attrs: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDR_LEN + NFGENMSG_LEN + attrs.len();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.push(match family {
-        IpFamily::V4 => libc::AF_INET as u8,
-        IpFamily::V6 => libc::AF_INET6 as u8,
-    });
-    out.push(0); // NFNETLINK_V0
-    out.extend_from_slice(&0u16.to_be_bytes());
-    out.extend_from_slice(attrs);
-    out
+fn request(msg: u16, flags: u16, seq: u32, family: Family, attrs: &[u8]) -> Vec<u8> {
+    let af = match family {
+        Family::V4 => libc::AF_INET as u8,
+        Family::V6 => libc::AF_INET6 as u8,
+    };
+    wire::message((NFNL_SUBSYS_CTNETLINK << 8) | msg, flags, seq, af, 0, attrs)
 }
 
 /// Reads replies to `seq` until DONE or the ACK, handing each data payload (after the
 /// nfgenmsg) to `on_entry`. A netlink error becomes an `io::Error` with its errno.
-fn for_each_reply(socket: &Socket, seq: u32, mut on_entry: impl FnMut(&[u8])) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    loop {
-        buf.clear();
-        let n = socket.recv(&mut buf, 0)?;
-        if n > buf.len() {
-            return Err(io::Error::other("netlink reply truncated"));
-        }
-        let mut rest = &buf[..];
-        while rest.len() >= NLMSG_HDR_LEN {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            let msg_seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
-            if len < NLMSG_HDR_LEN || len > rest.len() {
-                return Err(io::Error::other("malformed netlink reply"));
-            }
-            let body = &rest[NLMSG_HDR_LEN..len];
-            rest = &rest[align4(len).min(rest.len())..];
-            if msg_seq != seq {
-                continue;
-            }
-            match kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let code = body
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .ok_or_else(|| io::Error::other("short netlink error"))?;
-                    return if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-code))
-                    };
-                }
-                _ => {
-                    if let Some(payload) = body.get(NFGENMSG_LEN..) {
-                        on_entry(payload);
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// `(type, payload, whole attribute incl. header and padding)` for each attribute.
-fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let whole = align4(len).min(buf.len());
-        let item = (kind, &buf[4..len], &buf[..whole]);
-        buf = &buf[whole..];
-        Some(item)
-    })
-}
-
-fn find(buf: &[u8], kind: u16) -> Option<&[u8]> {
-    attributes(buf)
-        .find(|(k, _, _)| *k == kind)
-        .map(|(_, p, _)| p)
+fn for_each_reply(socket: &Socket, seq: u32, on_entry: impl FnMut(&[u8])) -> io::Result<()> {
+    wire::replies(socket, seq, true, on_entry)
 }
 
 /// What we need from one dumped entry.
@@ -251,7 +147,7 @@ impl Entry {
     fn parse(payload: &[u8]) -> Entry {
         let mut entry = Entry::default();
         let mut key = Vec::new();
-        for (kind, body, whole) in attributes(payload) {
+        for (kind, body, whole) in attributes_whole(payload) {
             match kind {
                 CTA_TUPLE_ORIG => {
                     key.extend_from_slice(whole);
@@ -294,19 +190,7 @@ impl Entry {
 mod tests {
     use super::*;
 
-    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let len = 4 + payload.len();
-        let mut out = Vec::new();
-        out.extend_from_slice(&(len as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(payload);
-        out.resize(align4(len), 0);
-        out
-    }
-
-    fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
-        attr(kind | 0x8000, &parts.concat())
-    }
+    use super::super::wire::testing::{attr, nested};
 
     fn udp_entry(dst: [u8; 4], dport: u16) -> (Vec<u8>, Vec<u8>) {
         let orig = nested(
@@ -342,7 +226,7 @@ mod tests {
         assert_eq!(entry.dst_ip, Some("192.168.0.2".parse().unwrap()));
         assert_eq!(entry.key, Some(key));
         let f = |address: Option<&str>, port| DstFilter {
-            family: IpFamily::V4,
+            family: Family::V4,
             protocol: Proto::Udp,
             port,
             address: address.map(|a| a.parse().unwrap()),
@@ -364,7 +248,7 @@ mod tests {
             IPCTNL_MSG_CT_DELETE,
             NLM_F_REQUEST | NLM_F_ACK,
             9,
-            IpFamily::V6,
+            Family::V6,
             &[1, 2, 3, 4],
         );
         assert_eq!(msg.len(), 24);
@@ -382,18 +266,5 @@ mod tests {
         for cut in 0..payload.len() {
             let _ = Entry::parse(&payload[..cut]);
         }
-    }
-
-    #[test]
-    fn udp_flush_only_covers_udp_mappings_of_the_family() {
-        let m = |proto, ip: Option<&str>| PortMapping {
-            host_port: 53,
-            container_port: 53,
-            protocol: proto,
-            host_ip: ip.map(|s| s.parse().unwrap()),
-        };
-        // No UDP mapping for IPv6: returns before opening any socket.
-        let mappings = [m(Proto::Tcp, None), m(Proto::Udp, Some("10.0.0.1"))];
-        assert_eq!(flush_udp_host_ports(&mappings, IpFamily::V6).unwrap(), 0);
     }
 }

@@ -1,23 +1,22 @@
-//! The external firewall tools: finding them, running them, and the lock that makes a
-//! read-modify-commit of the ruleset atomic between our own processes.
+//! The external firewall tools: finding them (once per process), running them, and
+//! telling iptables-nft from iptables-legacy. Used by the NAT layouts and by bridge's
+//! `macspoofchk`, so there is one runner and one nft quoting rule.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use super::error::NatError;
-
-/// Where every cni-rs plugin process serialises its firewall transactions.
-pub const LOCK_PATH: &str = "/run/cni-rs/nat.lock";
+use crate::Family;
+use crate::nat::error::NatError;
 
 /// Used when the runtime gave us no `PATH` (CNI does not require one).
 const FALLBACK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Tool {
+pub enum Tool {
     IptablesSave,
     IptablesRestore,
     Ip6tablesSave,
@@ -26,7 +25,7 @@ pub(crate) enum Tool {
 }
 
 impl Tool {
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Tool::IptablesSave => "iptables-save",
             Tool::IptablesRestore => "iptables-restore",
@@ -49,7 +48,7 @@ impl Tool {
 
     /// Absolute path of the tool, looked up once per process: availability checks must
     /// not cost a fork on every plugin call.
-    pub(crate) fn path(self) -> Option<&'static Path> {
+    pub fn path(self) -> Option<&'static Path> {
         self.slot()
             .get_or_init(|| {
                 let path = std::env::var_os("PATH")
@@ -60,7 +59,7 @@ impl Tool {
             .as_deref()
     }
 
-    pub(crate) fn available(self) -> bool {
+    pub fn available(self) -> bool {
         self.path().is_some()
     }
 }
@@ -78,7 +77,7 @@ fn find_in_path(name: &str, path: &OsStr) -> Option<PathBuf> {
 }
 
 /// Runs `tool args...`, feeding `input` on stdin, and returns its stdout.
-pub(crate) fn run(tool: Tool, args: &[&str], input: Option<&str>) -> Result<String, NatError> {
+pub fn run(tool: Tool, args: &[&str], input: Option<&str>) -> Result<String, NatError> {
     let path = tool.path().ok_or(NatError::ToolMissing(tool.name()))?;
     let mut cmd = Command::new(path);
     cni_types::invoke::die_with_parent(&mut cmd);
@@ -122,6 +121,12 @@ pub(crate) fn run(tool: Tool, args: &[&str], input: Option<&str>) -> Result<Stri
     })
 }
 
+/// An nft string literal. nft has no escape for `"` inside strings: the reference strips
+/// them from comment parts, and IDs and names never contain them.
+pub fn nft_quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', ""))
+}
+
 /// iptables-restore only reports "line N failed"; quote that line so the error is useful.
 fn failed_line<'a>(stderr: &str, input: &'a str) -> Option<&'a str> {
     let lower = stderr.to_ascii_lowercase();
@@ -135,35 +140,24 @@ fn failed_line<'a>(stderr: &str, input: &'a str) -> Option<&'a str> {
     input.lines().nth(n.checked_sub(1)?)
 }
 
-/// Exclusive flock held for the whole read-modify-commit of one call.
-///
-/// `-w` (the xtables lock) only serialises single commits; two plugins that both read
-/// the ruleset, decide "the shared chain is missing", and commit would still duplicate
-/// it. This lock closes that window between cni-rs processes.
-pub(crate) struct NatLock {
-    _file: File,
-}
-
-pub(crate) fn lock() -> Result<NatLock, NatError> {
-    lock_at(Path::new(LOCK_PATH))
-}
-
-pub(crate) fn lock_at(path: &Path) -> Result<NatLock, NatError> {
-    let err = |source| NatError::Lock {
-        path: path.display().to_string(),
-        source,
+/// Whether this family's iptables tools are the nf_tables flavour (whose rules we can
+/// see through netlink); iptables-legacy keeps them where only its own tools look.
+pub fn iptables_is_nft(family: Family) -> bool {
+    let tools = match family {
+        Family::V4 => [Tool::IptablesSave, Tool::IptablesRestore],
+        Family::V6 => [Tool::Ip6tablesSave, Tool::Ip6tablesRestore],
     };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(err)?;
-    }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(err)?;
-    file.lock().map_err(err)?;
-    Ok(NatLock { _file: file })
+    tools.iter().all(|tool| {
+        tool.path()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .is_some_and(|real| is_nft_multi(&real))
+    })
+}
+
+fn is_nft_multi(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("xtables-nft"))
 }
 
 #[cfg(test)]
@@ -199,23 +193,18 @@ mod tests {
     }
 
     #[test]
-    fn lock_is_exclusive_between_open_files() {
-        let path = std::env::temp_dir().join(format!("cni-nat-lock-{}", std::process::id()));
-        let first = lock_at(&path).unwrap();
-        let probe = File::open(&path).unwrap();
-        assert!(matches!(
-            probe.try_lock(),
-            Err(std::fs::TryLockError::WouldBlock)
-        ));
-        drop(first);
-        // Other tests of this process spawn tools: a child forked while `first` was open
-        // shares its open file (and so the lock) until it execs, which closes it. Give
-        // such a child a moment.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while probe.try_lock().is_err() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(probe.try_lock().is_ok());
-        let _ = fs::remove_file(&path);
+    fn nft_strings_cannot_be_broken_out_of() {
+        assert_eq!(nft_quote("c1-eth0"), "\"c1-eth0\"");
+        assert_eq!(
+            nft_quote("a\"; flush ruleset; \""),
+            "\"a; flush ruleset; \""
+        );
+    }
+
+    #[test]
+    fn recognises_the_nft_multicall_binary() {
+        assert!(is_nft_multi(Path::new("/usr/sbin/xtables-nft-multi")));
+        assert!(!is_nft_multi(Path::new("/usr/sbin/xtables-legacy-multi")));
+        assert!(!is_nft_multi(Path::new("/usr/sbin/iptables")));
     }
 }

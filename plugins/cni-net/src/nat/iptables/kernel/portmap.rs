@@ -1,5 +1,20 @@
-//! A new container's portmap rules written straight into iptables-nft's `nat` table
-//! over nf_tables netlink, instead of through an `iptables-restore` process.
+//! portmap's common cases on iptables-nft, straight through nf_tables netlink.
+//!
+//! # Without reading the whole nat table
+//! `iptables-save` costs time in proportion to every other container on the node. The
+//! common cases need far less:
+//! - DEL: the container's entry rules are found in `CNI-HOSTPORT-DNAT` (by dump, or by
+//!   the handles recorded at ADD) and deleted with its chain in one netlink batch — no
+//!   process at all;
+//! - ADD of a new container on a node whose skeleton is in place: after a netlink look
+//!   at the few small shared chains, its chain and entries are written in one batch
+//!   (below), or by one `iptables-restore` that creates the chain with `-N`.
+//!
+//! Anything unusual — iptables-legacy, a missing or partial skeleton, a re-ADD, a chain
+//! still referenced elsewhere, old SNAT chains, any netlink error — answers "not
+//! handled" and the caller takes the general path (save, decide, restore).
+//!
+//! # A new container without `iptables-restore`
 //!
 //! Why: `iptables-restore` reads the whole nat table into its cache before it commits,
 //! so its cost grows with every other container mapped on the node. This module sends
@@ -13,26 +28,190 @@
 //! Only what that test covers is handled: TCP and UDP mappings without `hostIP`, and no
 //! user conditions. Anything else keeps the `iptables-restore` path.
 //!
-//! [`render_new_container`]: super::iptables::portmap::render_new_container
+//! [`render_new_container`]: super::super::portmap::render_new_container
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::IpFamily;
-use super::masq_nftnl::{
-    Field, NFT_CMP_EQ, NFT_REG_1, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_PAYLOAD_BASE,
-    NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, Prefix, XT_COMMENT_INFO_LEN,
-    addr_match, data_value, expr, verdict, xt_rev,
+use super::super::{portmap, tool};
+use crate::Family;
+use crate::nat::driver::pick_tracked;
+use crate::nat::model::{PortMapConfig, Proto, RuleRef};
+use crate::nat::names::{
+    self, HOSTPORT_DNAT_CHAIN, HOSTPORT_MASQ_CHAIN, HOSTPORT_SETMARK_CHAIN, IPT_NAT_TABLE, OUTPUT,
+    POSTROUTING, PREROUTING,
 };
-use super::names::{self, HOSTPORT_DNAT_CHAIN, HOSTPORT_SETMARK_CHAIN};
-use super::nftnl::{NFT_JUMP, Op, push_u32_attr};
-use super::portmap::{PortMapConfig, Proto};
+use crate::nftnl::expr::{
+    Field, NFT_JUMP, Prefix, addr_match, comment, counter, dport, l4proto, verdict, xt_rev,
+};
+use crate::nftnl::{AddedRule, KernelRule, Nftnl, Op};
 
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFT_META_L4PROTO: u32 = 16;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+/// DEL of one container's iptables rules in one family. `Ok(true)`: done (possibly
+/// nothing was there); `Ok(false)`: needs the general path.
+pub(crate) fn unforward(
+    nl: &mut Nftnl,
+    family: Family,
+    network: &str,
+    container_id: &str,
+) -> io::Result<bool> {
+    if has_old_snat_chain(nl, family, network, container_id)? {
+        return Ok(false);
+    }
+    let chain = names::dnat_chain(network, container_id);
+    let entries: Vec<u64> = nl
+        .rules(family, IPT_NAT_TABLE, HOSTPORT_DNAT_CHAIN)?
+        .into_iter()
+        .filter(|r| r.jumps.contains(&chain))
+        .map(|r| r.handle)
+        .collect();
+    remove_container(nl, family, chain, &entries)?;
+    Ok(true)
+}
+
+/// Chains of portmap before 0.7 are rare enough to leave to the general path.
+fn has_old_snat_chain(
+    nl: &mut Nftnl,
+    family: Family,
+    network: &str,
+    container_id: &str,
+) -> io::Result<bool> {
+    nl.chain_exists(
+        family,
+        IPT_NAT_TABLE,
+        &names::old_snat_chain(network, container_id),
+    )
+}
+
+/// One batch: the container's entry rules in CNI-HOSTPORT-DNAT (by handle), then its
+/// chain, if it exists. Deleting the chain fails (and voids the batch) if anything we
+/// did not know of still jumps to it.
+fn remove_container(
+    nl: &mut Nftnl,
+    family: Family,
+    chain: String,
+    entry_handles: &[u64],
+) -> io::Result<()> {
+    let mut ops: Vec<Op> = entry_handles
+        .iter()
+        .map(|&handle| Op::DeleteRule {
+            chain: HOSTPORT_DNAT_CHAIN.to_string(),
+            handle,
+        })
+        .collect();
+    if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? {
+        ops.push(Op::FlushChain {
+            chain: chain.clone(),
+        });
+        ops.push(Op::DeleteChain { chain });
+    }
+    nl.commit(family, IPT_NAT_TABLE, &ops)
+}
+
+/// DEL of one container's iptables rules in one family, with the entry rules' handles
+/// recorded at ADD: each is looked up by handle (no dump of the shared chain) and must
+/// still be an entry of this container. `Ok(false)`: needs the dump or general path.
+pub(crate) fn unforward_known(
+    nl: &mut Nftnl,
+    family: Family,
+    network: &str,
+    container_id: &str,
+    known: &[RuleRef],
+) -> io::Result<bool> {
+    if has_old_snat_chain(nl, family, network, container_id)? {
+        return Ok(false);
+    }
+    let chain = names::dnat_chain(network, container_id);
+    let mut entries = Vec::new();
+    for r in known.iter().filter(|r| r.family == family) {
+        if r.table != IPT_NAT_TABLE || r.chain != HOSTPORT_DNAT_CHAIN {
+            return Ok(false);
+        }
+        match nl.rule(family, IPT_NAT_TABLE, HOSTPORT_DNAT_CHAIN, r.handle)? {
+            Some(rule) if rule.jumps.contains(&chain) => entries.push(r.handle),
+            // Gone already: nothing to delete.
+            None => {}
+            // The handle now names someone else's rule: the record is stale.
+            Some(_) => return Ok(false),
+        }
+    }
+    remove_container(nl, family, chain, &entries)?;
+    Ok(true)
+}
+
+/// ADD of a container that has no chain yet, on a node whose skeleton is complete.
+/// `Ok(false)`: the general path must do it.
+pub(crate) fn forward_new(
+    nl: &mut Nftnl,
+    config: &PortMapConfig,
+    container: IpNetwork,
+) -> io::Result<bool> {
+    let family = Family::of(container.ip());
+    let chain = names::dnat_chain(&config.network, &config.container_id);
+    if nl.chain_exists(family, IPT_NAT_TABLE, &chain)? || !skeleton_ready(nl, family, config)? {
+        return Ok(false);
+    }
+    if supported(config, family) {
+        // A failed batch (the chain appeared meanwhile, no nft_compat) changed nothing.
+        return Ok(nl
+            .commit(family, IPT_NAT_TABLE, &ops(config, container))
+            .is_ok());
+    }
+    let script = portmap::render_new_container(config, container);
+    // A failed commit (someone created the chain meanwhile, the skeleton went away)
+    // changed nothing: the general path sorts it out.
+    Ok(tool::restore(family, &script).is_ok())
+}
+
+/// The shared chains and jumps the general path would create are all there.
+fn skeleton_ready(nl: &mut Nftnl, family: Family, config: &PortMapConfig) -> io::Result<bool> {
+    let jumps_to = |rules: &[KernelRule], target: &str| {
+        rules.iter().any(|r| r.jumps.iter().any(|j| j == target))
+    };
+    for from in [PREROUTING, OUTPUT] {
+        if !jumps_to(&nl.rules(family, IPT_NAT_TABLE, from)?, HOSTPORT_DNAT_CHAIN) {
+            return Ok(false);
+        }
+    }
+    if config.snat && config.external_set_mark_chain.is_none() {
+        if !jumps_to(
+            &nl.rules(family, IPT_NAT_TABLE, POSTROUTING)?,
+            HOSTPORT_MASQ_CHAIN,
+        ) {
+            return Ok(false);
+        }
+        // The mark is kernel data in host byte order inside the rules' expressions.
+        let mark = (1u32 << u32::from(config.mark_masq_bit.min(31))).to_ne_bytes();
+        for shared in [HOSTPORT_SETMARK_CHAIN, HOSTPORT_MASQ_CHAIN] {
+            let rules = nl.rules(family, IPT_NAT_TABLE, shared)?;
+            if !rules.iter().any(|r| contains(&r.exprs, &mark)) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Among the rules the kernel announced during an ADD, those a later DEL must remove
+/// by handle: the entries jumping to the container chain. `None` unless every expected
+/// rule was seen.
+pub(crate) fn select_tracked(
+    added: &[AddedRule],
+    config: &PortMapConfig,
+    targets: &[IpNetwork],
+) -> Option<Vec<RuleRef>> {
+    let chain = names::dnat_chain(&config.network, &config.container_id);
+    let mine = |a: &AddedRule| {
+        a.table == IPT_NAT_TABLE && a.chain == HOSTPORT_DNAT_CHAIN && a.rule.jumps.contains(&chain)
+    };
+    pick_tracked(added, targets, mine, |_| portmap::entry_count(config))
+}
+
 /// multiport accepts at most 15 ports per rule (as `iptables::portmap` groups them).
 const MULTIPORT_MAX: usize = 15;
 /// `struct xt_multiport_v1`, padded to `XT_ALIGN`.
@@ -44,54 +223,13 @@ const NF_NAT_RANGE_MAP_IPS: u32 = 1;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 
 /// Whether [`ops`] can write `config` for a container of `family` byte-identically.
-pub(crate) fn supported(config: &PortMapConfig, family: IpFamily) -> bool {
+pub(crate) fn supported(config: &PortMapConfig, family: Family) -> bool {
     config.conditions(family).is_empty()
         && !config.mappings.is_empty()
         && config
             .mappings
             .iter()
             .all(|m| m.host_ip.is_none() && matches!(m.protocol, Proto::Tcp | Proto::Udp))
-}
-
-fn protocol_number(proto: Proto) -> u8 {
-    match proto {
-        Proto::Tcp => 6,
-        Proto::Udp => 17,
-        Proto::Sctp => 132,
-    }
-}
-
-/// `-p PROTO`: iptables-nft matches the layer 4 protocol natively.
-fn l4proto(out: &mut Vec<u8>, proto: Proto) {
-    expr(out, "meta", |d| {
-        push_u32_attr(d, NFTA_META_KEY, NFT_META_L4PROTO);
-        push_u32_attr(d, NFTA_META_DREG, NFT_REG_1);
-    });
-    cmp_eq(out, &[protocol_number(proto)]);
-}
-
-fn cmp_eq(out: &mut Vec<u8>, data: &[u8]) {
-    expr(out, "cmp", |d| {
-        push_u32_attr(d, NFTA_CMP_SREG, NFT_REG_1);
-        push_u32_attr(d, NFTA_CMP_OP, NFT_CMP_EQ);
-        data_value(d, NFTA_CMP_DATA, data);
-    });
-}
-
-/// `-m tcp|udp --dport N`: a native load of the transport header's destination port.
-fn dport(out: &mut Vec<u8>, port: u16) {
-    expr(out, "payload", |d| {
-        push_u32_attr(d, NFTA_PAYLOAD_DREG, NFT_REG_1);
-        push_u32_attr(d, NFTA_PAYLOAD_BASE, NFT_PAYLOAD_TRANSPORT_HEADER);
-        push_u32_attr(d, NFTA_PAYLOAD_OFFSET, 2);
-        push_u32_attr(d, NFTA_PAYLOAD_LEN, 2);
-    });
-    cmp_eq(out, &port.to_be_bytes());
-}
-
-fn counter(out: &mut Vec<u8>) {
-    // iptables-nft counts every rule; `counter` without attributes starts at zero.
-    expr(out, "counter", |_| {});
 }
 
 /// One hairpin/localhost mark rule or DNAT rule of the container chain.
@@ -102,7 +240,7 @@ fn chain_rule(
     then: impl FnOnce(&mut Vec<u8>),
 ) -> Vec<u8> {
     let mut out = Vec::new();
-    l4proto(&mut out, proto);
+    l4proto(&mut out, proto.number());
     if let Some(prefix) = source {
         addr_match(&mut out, Field::Source, &prefix, false);
     }
@@ -145,7 +283,7 @@ fn multiport_info(ports: &[u16]) -> Vec<u8> {
 /// The batch creating the container chain, its rules and its entries, in the order of
 /// `render_new_container`. The caller has checked [`supported`].
 pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
-    let family = IpFamily::of(container.ip());
+    let family = Family::of(container.ip());
     let chain = names::dnat_chain(&config.network, &config.container_id);
     let set_mark = config
         .external_set_mark_chain
@@ -166,7 +304,7 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
         ops.push(Op::AppendRule {
             chain: chain.clone(),
             exprs,
-            compat_proto: Some(protocol_number(proto)),
+            compat_proto: Some(proto.number()),
         })
     };
     for m in config.mappings.iter().filter(|m| m.applies_to(family)) {
@@ -176,7 +314,7 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
             // masqAll's any-source hairpin rule carries no source match at all.
             let hairpin = (!config.masq_all).then_some(subnet);
             append(proto, chain_rule(proto, hairpin, port, mark));
-            if family == IpFamily::V4 && !config.masq_all {
+            if family == Family::V4 && !config.masq_all {
                 append(proto, chain_rule(proto, Some(localhost), port, mark));
             }
         }
@@ -188,10 +326,7 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
             }),
         );
     }
-    let comment = names::dnat_comment(&config.network, &config.container_id);
-    let mut comment_info = comment.as_bytes().to_vec();
-    comment_info.truncate(XT_COMMENT_INFO_LEN - 1);
-    comment_info.resize(XT_COMMENT_INFO_LEN, 0);
+    let dnat_comment = names::dnat_comment(&config.network, &config.container_id);
     let mut protos: Vec<Proto> = config.mappings.iter().map(|m| m.protocol).collect();
     protos.sort();
     protos.dedup();
@@ -204,15 +339,15 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
             .collect();
         for group in ports.chunks(MULTIPORT_MAX) {
             let mut out = Vec::new();
-            l4proto(&mut out, proto);
-            xt_rev(&mut out, "match", "comment", 0, &comment_info);
+            l4proto(&mut out, proto.number());
+            comment(&mut out, &dnat_comment);
             xt_rev(&mut out, "match", "multiport", 1, &multiport_info(group));
             counter(&mut out);
             verdict(&mut out, NFT_JUMP, Some(&chain));
             ops.push(Op::AppendRule {
                 chain: HOSTPORT_DNAT_CHAIN.to_string(),
                 exprs: out,
-                compat_proto: Some(protocol_number(proto)),
+                compat_proto: Some(proto.number()),
             });
         }
     }
@@ -222,12 +357,14 @@ pub(crate) fn ops(config: &PortMapConfig, container: IpNetwork) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nat::driver::added_rule as added;
     use crate::nat::iptables::portmap::{render_forward, render_new_container};
     use crate::nat::iptables::save::{SavedTable, tokenize};
-    use crate::nat::nftnl::Nftnl;
-    use crate::nat::portmap::fixtures::mapping as m;
-    use crate::nat::portmap_direct::iptables_is_nft;
-    use crate::nat::testns::TestNs;
+    use crate::nat::model::fixtures::mapping as m;
+    use crate::nat::names::HOSTPORT_SETMARK_CHAIN;
+    use crate::nat::tests::testns::TestNs;
+    use crate::nftnl::Nftnl;
+    use crate::tools::iptables_is_nft;
 
     const EMPTY: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
 
@@ -264,15 +401,15 @@ mod tests {
     /// `iptables-save` — and `iptables -C` finds each rule.
     #[test]
     fn portmap_nftnl_rules_equal_iptables_restore() {
-        if !iptables_is_nft(IpFamily::V4) || !iptables_is_nft(IpFamily::V6) {
+        if !iptables_is_nft(Family::V4) || !iptables_is_nft(Family::V6) {
             eprintln!("skipping: iptables is not the nf_tables flavour");
             return;
         }
         for (i, config) in configs().into_iter().enumerate() {
             for container in ["10.88.3.7/16", "10.99.3.7/20", "2001:db8::2/64"] {
                 let container: IpNetwork = container.parse().unwrap();
-                let family = IpFamily::of(container.ip());
-                let v6 = family == IpFamily::V6;
+                let family = Family::of(container.ip());
+                let v6 = family == Family::V6;
                 assert!(supported(&config, family));
                 let (Some(tool_ns), Some(our_ns)) =
                     (TestNs::new("pmnl-ipt"), TestNs::new("pmnl-ours"))
@@ -336,17 +473,73 @@ mod tests {
     #[test]
     fn supports_only_plain_tcp_and_udp() {
         let plain = PortMapConfig::new("n", "c", vec![m(80, 80, Proto::Tcp, None)]);
-        assert!(supported(&plain, IpFamily::V4));
+        assert!(supported(&plain, Family::V4));
         for other in [
             m(80, 80, Proto::Sctp, None),
             m(80, 80, Proto::Tcp, Some("0.0.0.0")),
         ] {
             let c = PortMapConfig::new("n", "c", vec![other]);
-            assert!(!supported(&c, IpFamily::V4));
+            assert!(!supported(&c, Family::V4));
         }
         let mut cond = plain.clone();
         cond.conditions_v6 = vec!["-s".into(), "2001:db8::/64".into()];
-        assert!(supported(&cond, IpFamily::V4));
-        assert!(!supported(&cond, IpFamily::V6));
+        assert!(supported(&cond, Family::V4));
+        assert!(!supported(&cond, Family::V6));
+    }
+
+    #[test]
+    fn tracking_keeps_only_this_containers_rules_and_only_when_complete() {
+        use crate::nat::model::PortMapping;
+        let tcp = |port| PortMapping {
+            host_port: port,
+            container_port: 80,
+            protocol: Proto::Tcp,
+            host_ip: None,
+        };
+        let config = PortMapConfig::new("net", "c1", vec![tcp(8080), tcp(8081)]);
+        let chain = names::dnat_chain("net", "c1");
+        let v4: IpNetwork = "10.0.0.2/24".parse().unwrap();
+        let v6: IpNetwork = "fd00::2/64".parse().unwrap();
+
+        // iptables: one multiport entry per family, jumping to the container chain.
+        let seen = [
+            added(Family::V4, "nat", HOSTPORT_DNAT_CHAIN, 7, None, &[&chain]),
+            added(
+                Family::V4,
+                "nat",
+                &chain,
+                8,
+                None,
+                &[HOSTPORT_SETMARK_CHAIN],
+            ),
+            added(
+                Family::V4,
+                "nat",
+                HOSTPORT_DNAT_CHAIN,
+                9,
+                None,
+                &["CNI-DN-other"],
+            ),
+            added(Family::V6, "nat", HOSTPORT_DNAT_CHAIN, 3, None, &[&chain]),
+        ];
+        let got = select_tracked(&seen, &config, &[v4, v6]).unwrap();
+        assert_eq!(
+            got.iter().map(|r| (r.family, r.handle)).collect::<Vec<_>>(),
+            [(Family::V4, 7), (Family::V6, 3)]
+        );
+        assert_eq!(
+            select_tracked(&seen[..3], &config, &[v4, v6]),
+            None,
+            "the v6 entry was not seen: incomplete"
+        );
+    }
+
+    #[test]
+    fn byte_search() {
+        assert!(contains(
+            &[1, 2, 3, 4, 0, 32, 0, 0],
+            &0x2000u32.to_le_bytes()
+        ));
+        assert!(!contains(&[1, 2], &0x2000u32.to_le_bytes()));
     }
 }
