@@ -756,9 +756,9 @@ mod props {
             "[a-z][a-z0-9]{0,10}",
             flags,
             proptest::option::of(prop_oneof![
-                Just(MasqBackend::Iptables),
-                Just(MasqBackend::Nftables),
-                Just(MasqBackend::NftablesSets)
+                Just(Backend::Iptables),
+                Just(Backend::Nftables),
+                Just(Backend::NftablesSets)
             ]),
             proptest::option::of(68u32..65536),
             proptest::option::of(1u16..=4094),
@@ -814,12 +814,7 @@ mod props {
         put("forceAddress", json!(c.force_address));
         put("ipMasq", json!(c.ip_masq));
         if let Some(b) = c.ip_masq_backend {
-            let name = match b {
-                MasqBackend::Iptables => "iptables",
-                MasqBackend::Nftables => "nftables",
-                MasqBackend::NftablesSets => "nftables-sets",
-            };
-            put("ipMasqBackend", json!(name));
+            put("ipMasqBackend", json!(b.as_str()));
         }
         put("mtu", json!(c.mtu.unwrap_or(0)));
         put("hairpinMode", json!(c.hairpin_mode));
