@@ -156,9 +156,16 @@ impl<K: Kernel> Reconciler<K> {
                 // pod's veth concerns no route of ours.
                 used
             }
-            KernelEvent::Address { .. } => {
-                // Its connected route comes and goes with its own notification; a pass
-                // re-checks which next hops are on-link.
+            KernelEvent::Address { gone } => {
+                if gone.is_some() {
+                    // IPv4 drops, without a notification, every route that used a
+                    // removed address as its source and, with the link's last
+                    // address, every route through the link: the cache cannot be
+                    // trusted, so the pass re-dumps.
+                    self.invalidate();
+                }
+                // A new address's connected route is notified on its own, and that
+                // notification re-checks the next hops it covers.
                 true
             }
             KernelEvent::Overrun => {
@@ -558,6 +565,33 @@ pub(crate) mod tests {
             3,
             "{calls:?}"
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_removed_address_re_reads_the_routes_ipv4_flushed_silently() {
+        let mut r = reconciler(Fake::node(vec![]));
+        pass(&mut r, &cluster()).await;
+        // The node is renumbered: IPv4 drops the routes through the link with its last
+        // address and sends no RTM_DELROUTE for them.
+        r.kernel
+            .routes
+            .retain(|x| !(x.protocol == 61 && x.dst.is_ipv4()));
+        assert!(r.note(KernelEvent::Address {
+            gone: Some("10.0.0.1".parse().unwrap())
+        }));
+        let calls = pass(&mut r, &cluster()).await;
+        assert_eq!(
+            calls,
+            [
+                "dump",
+                "add 10.244.2.0/24 via 10.0.0.2",
+                "add 10.244.3.0/24 via 10.0.0.3",
+            ]
+        );
+        // A link-local address of a new pod's veth (reported as `gone: None` when it
+        // comes): no dump.
+        assert!(r.note(KernelEvent::Address { gone: None }));
+        assert!(pass(&mut r, &cluster()).await.is_empty());
     }
 
     #[tokio::test(flavor = "current_thread")]

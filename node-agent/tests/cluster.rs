@@ -369,6 +369,7 @@ fn api_failures_leave_everything_in_place_and_the_agent_recovers() {
         // Lists still work while only watches answer 410, and an agent that re-lists
         // then rightly sees any change: make the hidden change under the other failures.
         let hide_a_change = !matches!(failure, Failure::WatchGone);
+        let forbidden = matches!(failure, Failure::Forbidden { .. });
         c.control().inject(failure).unwrap(); // ends the open watches too
         let mut spec = c.node("n3").spec.clone();
         if hide_a_change {
@@ -376,6 +377,17 @@ fn api_failures_leave_everything_in_place_and_the_agent_recovers() {
             c.control().upsert(&spec.node()).unwrap();
         }
         std::thread::sleep(2 * SECOND);
+        if forbidden {
+            // The agent says what RBAC it lacks once its next request meets the 403.
+            let n1 = c.node("n1");
+            assert!(
+                wait_for(REPAIR * 6, || n1
+                    .log()
+                    .contains("get, list and watch on nodes")),
+                "{what}: the RBAC hint:\n{}",
+                n1.log()
+            );
+        }
         for n in &mut c.nodes {
             assert!(
                 n.agent().running(),
@@ -402,6 +414,14 @@ fn api_failures_leave_everything_in_place_and_the_agent_recovers() {
         assert!(
             c.converged(),
             "{what}: recovered, the change made meanwhile applied"
+        );
+        // Converged can be true before an agent whose watch never saw the change is
+        // back: wait until every agent watches again, so the next failure meets each
+        // one's next request rather than a backoff still running from this one.
+        let agents = c.nodes.len();
+        assert!(
+            c.control().wait_for_watches(agents, REPAIR * 8).unwrap(),
+            "{what}: every agent watches again"
         );
         before = snapshot(&mut c);
         if hide_a_change {
