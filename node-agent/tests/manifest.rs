@@ -51,8 +51,19 @@ enum Object {
     DaemonSet(Box<DaemonSet>),
 }
 
-fn typed<T: k8s_openapi::serde::de::DeserializeOwned>(doc: Value, what: &str) -> Box<T> {
-    Box::new(serde_json::from_value(doc).unwrap_or_else(|e| panic!("{what}: {e}")))
+/// The document as `T`; a field `T` does not have (a typo, a field of another API
+/// version) fails too: the typed object must serialize back to the same document.
+fn typed<T>(doc: Value, what: &str) -> Box<T>
+where
+    T: k8s_openapi::serde::de::DeserializeOwned + k8s_openapi::serde::Serialize,
+{
+    let t: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let back = serde_json::to_value(&t).unwrap();
+    assert_eq!(
+        back, doc,
+        "{what}: fields the API does not know, or a value it reads otherwise"
+    );
+    Box::new(t)
 }
 
 /// Every document of `file`; panics on one that is not a known, well-formed object.
