@@ -44,6 +44,45 @@ pub enum Command {
     /// Remove exactly what the agent made: its routes (by protocol number), its
     /// masquerade table and FORWARD rules. Never the conflist.
     Cleanup,
+    /// Install the plugins into the node's CNI bin directory (the DaemonSet's init
+    /// container): renamed into place, skipped when identical, replaced files kept as
+    /// `<name>.pre-cni-rs` as scripts/install.sh keeps them.
+    Install(InstallArgs),
+    /// Take the node back to where it was before: `cleanup`, the agent's conflist
+    /// removed, then the plugins removed and the files they replaced restored (as
+    /// `scripts/install.sh --uninstall`). Run it once the agent is gone.
+    Uninstall(UninstallArgs),
+    /// Wait for SIGTERM and exit: the main container of the cleanup DaemonSet, whose
+    /// work is done by its init container.
+    Pause,
+}
+
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct InstallArgs {
+    /// Where the plugins to install are (the image's).
+    #[arg(long, env = "CNI_RS_INSTALL_FROM", default_value = "/opt/cni-rs/bin")]
+    pub from: PathBuf,
+
+    /// The runtime's CNI bin directory; mount the host's at the same path, so the
+    /// manifest names the host's files.
+    #[arg(
+        long,
+        visible_alias = "to",
+        env = "CNI_RS_BIN_DIR",
+        default_value = "/opt/cni/bin"
+    )]
+    pub bin_dir: PathBuf,
+}
+
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct UninstallArgs {
+    /// The CNI bin directory the plugins were installed into.
+    #[arg(long, env = "CNI_RS_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+
+    /// Also remove installed files changed since they were installed.
+    #[arg(long, env = "CNI_RS_FORCE")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -221,6 +260,33 @@ mod tests {
         let cli = parse(&["--route-protocol", "78", "run"]).unwrap();
         assert_eq!(cli.command, Some(Command::Run));
         assert_eq!(cli.flags.route_protocol, 78);
+    }
+
+    #[test]
+    fn install_and_uninstall_default_to_the_image_and_the_hosts_paths() {
+        let cli = parse(&["install"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Install(InstallArgs {
+                from: "/opt/cni-rs/bin".into(),
+                bin_dir: "/opt/cni/bin".into(),
+            }))
+        );
+        let cli = parse(&["install", "--from", "/a", "--to", "/b"]).unwrap();
+        let Some(Command::Install(a)) = cli.command else {
+            panic!("install expected");
+        };
+        assert_eq!((a.from, a.bin_dir), ("/a".into(), "/b".into()));
+        let cli = parse(&["uninstall", "--force", "--route-protocol", "77"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Uninstall(UninstallArgs {
+                bin_dir: "/opt/cni/bin".into(),
+                force: true,
+            }))
+        );
+        assert_eq!(cli.flags.route_protocol, 77);
+        assert_eq!(parse(&["pause"]).unwrap().command, Some(Command::Pause));
     }
 
     #[test]

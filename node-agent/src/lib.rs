@@ -4,7 +4,9 @@
 //! Layout, top down: `agent` (the main loop) uses `watch` (Node watch + cache),
 //! `reconcile` (routes: cache vs kernel), `conflist`, `masq`, `forward`, `sysctl`,
 //! `health`; `reconcile` uses `routes` (pure desired state and diff) and `netlink` (the
-//! kernel seam); `node`, `cidr`, `metrics`, `log` and `config` are leaves.
+//! kernel seam); `node`, `cidr`, `metrics`, `log` and `config` are leaves. `install` puts
+//! the plugins on the node (the DaemonSet's init container); `uninstall` takes the node
+//! back with `cleanup` and `install`'s undo.
 
 pub mod agent;
 pub mod cidr;
@@ -13,6 +15,7 @@ pub mod config;
 pub mod conflist;
 pub mod forward;
 pub mod health;
+pub mod install;
 pub mod log;
 pub mod masq;
 pub mod metrics;
@@ -21,4 +24,5 @@ pub mod node;
 pub mod reconcile;
 pub mod routes;
 pub mod sysctl;
+pub mod uninstall;
 pub mod watch;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cni_rs_node::config::{Cli, Command};
-use cni_rs_node::{agent, cleanup, error};
+use cni_rs_node::{agent, cleanup, error, info, install, uninstall};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => agent::run(cli.flags).await,
             Command::Cleanup => cleanup::run(cli.flags).await,
+            Command::Install(args) => install::run_install(&args),
+            Command::Uninstall(args) => uninstall::run(cli.flags, args).await,
+            Command::Pause => pause().await,
         }
     });
     match result {
@@ -35,4 +38,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Waits for SIGTERM (or SIGINT): a container that only has to stay up.
+async fn pause() -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    info!("pause: waiting for SIGTERM");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }

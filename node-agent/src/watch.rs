@@ -179,7 +179,7 @@ pub fn describe(e: &watcher::Error) -> (String, String) {
             format!("{kind}-403"),
             format!(
                 "{kind} of nodes forbidden ({msg}): the agent's service account needs a \
-                 ClusterRole with get, list and watch on nodes"
+                 ClusterRole with list and watch on nodes (as in deploy/cni-rs.yaml)"
             ),
         ),
         Some((401, msg)) => (
