@@ -19,3 +19,6 @@ mod differential;
 
 #[path = "portmap/runtimes.rs"]
 mod runtimes;
+
+#[path = "portmap/localnet.rs"]
+mod localnet;

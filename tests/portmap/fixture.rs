@@ -449,7 +449,7 @@ pub const SILENCE: Duration = Duration::from_millis(1500);
 
 /// Runs `f` on a thread that has entered `ns`: a client socket made there lives there,
 /// without a process per probe.
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     let file = std::fs::File::open(ns.path())
         .unwrap_or_else(|e| panic!("open {}: {e}", ns.path().display()));
     std::thread::scope(|s| {

@@ -1,6 +1,11 @@
 //! `route_localnet` on the host interface that leads to the pod, so that a connection
 //! to `127.0.0.1:<hostPort>` (source 127.0.0.1, DNATed to the pod) is not dropped as
 //! a martian when it leaves through that interface.
+//!
+//! The switch also lets pods reach the host's loopback, so ADD finds the interface
+//! first ([`interface_for`]), has the NAT driver guard it together with the DNAT rules,
+//! and only then [`enable`]s it. The guard's last DEL puts it back to 0 (see
+//! `cni_net::nat`'s guard and the README's "Security").
 
 use std::net::IpAddr;
 
@@ -12,18 +17,31 @@ use crate::error::PortmapError;
 const MAIN_TABLE: u32 = 254;
 
 /// Sets `route_localnet=1` for the interface that routes to `pod`, writing only when
-/// it is off. No route (the pod is unreachable from here) means nothing to do, as in
+/// it is off (unguarded: tests only). No route (the pod is unreachable from here) means nothing to do, as in
 /// the reference.
 ///
 /// Read from the link lookup and written over netlink rather than through
 /// `/proc/sys/net/ipv4/conf/<iface>/route_localnet`: with a thousand netns on the
 /// node a path walk below `/proc/sys/net/ipv4` costs ~150 µs even from the host.
+#[cfg(test)]
 pub fn enable_for(pod: IpAddr) -> Result<(), PortmapError> {
+    match interface_for(pod)? {
+        Some(link) => enable(&link),
+        None => Ok(()),
+    }
+}
+
+/// The host interface that routes to `pod`, if any.
+pub fn interface_for(pod: IpAddr) -> Result<Option<Link>, PortmapError> {
     let mut nl = Netlink::open().map_err(PortmapError::Localnet)?;
-    let Some(link) = routing_interface(&mut nl, pod)? else {
-        return Ok(());
-    };
-    nl.ensure_ipv4_conf(&link, Ipv4DevConf::RouteLocalnet, 1)
+    routing_interface(&mut nl, pod)
+}
+
+/// Sets `route_localnet=1` on `link`, writing only when it is off. The caller has
+/// guarded `link` first.
+pub fn enable(link: &Link) -> Result<(), PortmapError> {
+    let mut nl = Netlink::open().map_err(PortmapError::Localnet)?;
+    nl.ensure_ipv4_conf(link, Ipv4DevConf::RouteLocalnet, 1)
         .map_err(PortmapError::Localnet)?;
     Ok(())
 }

@@ -60,7 +60,7 @@ fn check_args(req: &Request) -> Result<(), PortmapError> {
 }
 
 fn add(req: &Request) -> Result<CniResult, PortmapError> {
-    let (config, prev) = parse(req)?;
+    let (mut config, prev) = parse(req)?;
     let prev = prev.ok_or(PortmapError::NotChained)?;
     // The common case (a pod without host ports) costs no firewall process at all.
     if config.rules.mappings.is_empty() {
@@ -81,6 +81,13 @@ fn add(req: &Request) -> Result<CniResult, PortmapError> {
         None => Some(Vec::new()),
         Some(record) => record.rules,
     };
+    // The interface that will need route_localnet: the driver guards it against pods
+    // reaching the host's loopback, in the same transaction as the DNAT rules.
+    let localnet = match targets.iter().find(|t| t.is_ipv4()) {
+        Some(v4) if config.rules.snat => localnet::interface_for(v4.ip())?,
+        _ => None,
+    };
+    config.rules.localnet_guard = localnet.as_ref().map(|l| l.name.clone());
     let tracked = nat::forward_ports(config.backend, &config.rules, &targets, prior.as_deref())
         .map_err(PortmapError::nat("unable to set up port mappings"))?;
     record(registry.as_ref(), &config, tracked.as_deref());
@@ -91,10 +98,9 @@ fn add(req: &Request) -> Result<CniResult, PortmapError> {
         flush_udp(&config.rules.mappings, Family::of(target.ip()));
     }
 
-    if config.rules.snat
-        && let Some(v4) = targets.iter().find(|t| t.is_ipv4())
-    {
-        localnet::enable_for(v4.ip())?;
+    // Only now that the guard is in place.
+    if let Some(link) = &localnet {
+        localnet::enable(link)?;
     }
     Ok(prev)
 }
@@ -185,6 +191,11 @@ fn gc(req: &Request) -> Result<(), PortmapError> {
             Ok(()) => forget(network, id),
             Err(e) => failures.push(format!("{id}: {e}")),
         }
+    }
+    // Guards whose container left no record (its ADD was killed before writing it).
+    let valid: Vec<&str> = valid.into_iter().collect();
+    if let Err(e) = nat::gc_port_guards(network, &valid) {
+        failures.push(e.to_string());
     }
     if failures.is_empty() {
         Ok(())

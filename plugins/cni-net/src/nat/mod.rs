@@ -50,7 +50,9 @@
 //! reach a layout only through a `NatDriver` (`driver.rs`), which `backend.rs` picks:
 //! `iptables/`, `nftables/` and `sets/`, each owning its own fast paths (`kernel*`)
 //! under its tools and renderers. The drivers share only the data (`model.rs`), the
-//! kernel-visible names (`names.rs`) and the netfilter client (`crate::nftnl`).
+//! kernel-visible names (`names.rs`), the netfilter client (`crate::nftnl`) and the
+//! localnet guard (`guard.rs`), which every driver installs before its DNAT rules and
+//! removes with them.
 //!
 //! # Layers
 //! A file imports only from a lower rank, or from the same rank in its own folder (a
@@ -65,7 +67,7 @@
 //! | 1 | `netns.rs` `sysctl.rs` `nat/error.rs` `nat/names.rs` `nat/model.rs` `nat/tests/testns.rs` |
 //! | 2 | `tools.rs` `netlink/**` `nftnl/wire.rs` `nat/lock.rs` |
 //! | 3 | `nftnl/**` |
-//! | 4 | `nat/driver.rs` |
+//! | 4 | `nat/driver.rs` `nat/guard.rs` |
 //! | 5 | `nat/iptables/**` `nat/nftables/**` `nat/sets/**` |
 //! | 6 | `nat/backend.rs` |
 //! | 7 | `nat/masq.rs` `nat/portmap.rs` |
@@ -75,6 +77,7 @@
 mod backend;
 mod driver;
 pub(crate) mod error;
+mod guard;
 mod iptables;
 mod lock;
 mod masq;
@@ -96,4 +99,6 @@ pub use lock::LOCK_PATH;
 pub use masq::{gc_masq, setup_masq, teardown_masq};
 pub use model::{Attachment, PortMapConfig, PortMapping, Proto, RuleRef};
 pub use names::DEFAULT_MARK_MASQ_BIT;
-pub use portmap::{check_ports, flush_udp_host_ports, forward_ports, unforward_ports};
+pub use portmap::{
+    check_ports, flush_udp_host_ports, forward_ports, gc_port_guards, unforward_ports,
+};

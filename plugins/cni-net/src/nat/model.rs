@@ -96,6 +96,9 @@ pub struct PortMapConfig {
     /// Extra match tokens for the entry rules, in the backend's syntax.
     pub conditions_v4: Vec<String>,
     pub conditions_v6: Vec<String>,
+    /// The host interface leading to the pod, when `route_localnet` will be set on it
+    /// (snat on, IPv4): the driver guards it before (see `guard.rs`).
+    pub localnet_guard: Option<String>,
 }
 
 impl PortMapConfig {
@@ -111,6 +114,7 @@ impl PortMapConfig {
             external_set_mark_chain: None,
             conditions_v4: Vec::new(),
             conditions_v6: Vec::new(),
+            localnet_guard: None,
         }
     }
 

@@ -69,6 +69,10 @@ pub const SETS_LOCAL_SET: &str = "local";
 pub const SETS_DNAT_ANY_MAP: &str = "dnat_any";
 pub const SETS_DNAT_IP_MAP: &str = "dnat_ip";
 pub const SETS_MASQ_SET: &str = "masq";
+/// Ours only, every layout: the localnet guard (`guard.rs`), family `ip`. Its input
+/// chain drops what pods send to 127.0.0.0/8 that is not part of a host connection.
+pub const LOCALNET_GUARD_TABLE: &str = "cni_rs_localnet";
+pub const LOCALNET_GUARD_CHAIN: &str = "input";
 /// knftables refuses longer comments; the reference truncates to this.
 pub const NFT_COMMENT_MAX: usize = 128;
 /// iptables' comment match limit.

@@ -19,6 +19,7 @@ use ipnetwork::IpNetwork;
 use super::Backend;
 use super::driver::{NatDriver, PortHints};
 use super::error::NatError;
+use super::guard;
 use super::lock::{LOCK_PATH, lock_at};
 use super::model::{PortMapConfig, PortMapping, Proto, RuleRef, per_family};
 use crate::Family;
@@ -154,6 +155,15 @@ fn unforward_with(
         }
     }
     NatError::collect(errors)
+}
+
+/// GC of the localnet guards (one per container with localhost host ports, in a table
+/// every layout shares): removes those of `network`'s containers not in `valid`. The
+/// per-container DELs of GC remove the rest with their rules.
+pub fn gc_port_guards(network: &str, valid: &[&str]) -> Result<(), NatError> {
+    let _lock = lock_at(Path::new(LOCK_PATH))?;
+    let valid: std::collections::HashSet<&str> = valid.iter().copied().collect();
+    guard::gc(network, &valid).map_err(|e| e.context(|| format!("GC localnet guards of {network}")))
 }
 
 /// Deletes the UDP entries towards the host ports of `mappings` that apply to `family`

@@ -23,6 +23,7 @@ pub(crate) use tool::available;
 use crate::Family;
 use crate::nat::driver::{NatDriver, PortHints};
 use crate::nat::error::NatError;
+use crate::nat::guard;
 use crate::nat::model::{Attachment, PortMapConfig, RuleRef};
 use crate::nftnl::{self, AddedRule, Nftnl};
 use crate::tools::iptables_is_nft;
@@ -148,6 +149,10 @@ impl NatDriver for Iptables {
         targets: &[IpNetwork],
         _prior: Option<&[RuleRef]>,
     ) -> Result<(), NatError> {
+        // Before the DNAT rules, so route_localnet (set after) is never unguarded.
+        guard::install(config).map_err(|e| {
+            e.context(|| format!("set up port mappings for {}", config.container_id))
+        })?;
         let mut nl = Nftnl::open().ok();
         let result = forward(nl.as_mut(), config, targets);
         if let Some(nl) = nl {
@@ -222,6 +227,9 @@ impl NatDriver for Iptables {
         }
         if let Some(nl) = nl {
             nftnl::close_at_exit(nl);
+        }
+        if let Err(e) = guard::remove(network, container_id) {
+            errors.push(e);
         }
         if usable == 0 {
             return Err(NatError::ToolMissing("iptables-restore"));

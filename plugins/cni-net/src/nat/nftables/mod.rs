@@ -12,6 +12,7 @@ use ipnetwork::IpNetwork;
 use crate::Family;
 use crate::nat::driver::{NatDriver, PortHints};
 use crate::nat::error::NatError;
+use crate::nat::guard;
 use crate::nat::model::{Attachment, PortMapConfig, RuleRef};
 use crate::nat::names::{NFT_HOSTPORT_TABLE, NFT_MASQ_CHAIN, NFT_MASQ_TABLE};
 use crate::nftnl::{self, AddedRule, Op};
@@ -81,14 +82,17 @@ impl NatDriver for Nftables {
         targets: &[IpNetwork],
         prior: Option<&[RuleRef]>,
     ) -> Result<(), NatError> {
-        forward(config, targets, prior).map_err(|e| {
-            e.context(|| {
-                format!(
-                    "set up port mappings (nftables) for {}",
-                    config.container_id
-                )
+        // Before the DNAT rules, so route_localnet (set after) is never unguarded.
+        guard::install(config)
+            .and_then(|()| forward(config, targets, prior))
+            .map_err(|e| {
+                e.context(|| {
+                    format!(
+                        "set up port mappings (nftables) for {}",
+                        config.container_id
+                    )
+                })
             })
-        })
     }
 
     fn tracks_rules(&self) -> bool {
@@ -121,22 +125,29 @@ impl NatDriver for Nftables {
     /// when netlink fails.
     fn unforward_ports(
         &self,
-        _network: &str,
+        network: &str,
         container_id: &str,
         hints: &PortHints<'_>,
     ) -> Result<(), NatError> {
-        if unforward_direct(container_id, hints.known).is_ok() {
-            return Ok(());
-        }
-        transact(|| {
-            let mut rules = list_table("ip", NFT_HOSTPORT_TABLE)?;
-            if Family::V6.enabled() {
-                rules.extend(list_table("ip6", NFT_HOSTPORT_TABLE)?);
-            }
-            Ok(portmap::render_unforward(&rules, container_id))
-        })
-        .map_err(|e| e.context(|| format!("tear down port mappings (nftables) for {container_id}")))
+        let rules = unforward_rules(container_id, hints);
+        let guard = guard::remove(network, container_id);
+        NatError::collect(rules.err().into_iter().chain(guard.err()).collect())
     }
+}
+
+/// The container's DNAT rules: by handle or listing over netlink, else through `nft`.
+fn unforward_rules(container_id: &str, hints: &PortHints<'_>) -> Result<(), NatError> {
+    if unforward_direct(container_id, hints.known).is_ok() {
+        return Ok(());
+    }
+    transact(|| {
+        let mut rules = list_table("ip", NFT_HOSTPORT_TABLE)?;
+        if Family::V6.enabled() {
+            rules.extend(list_table("ip6", NFT_HOSTPORT_TABLE)?);
+        }
+        Ok(portmap::render_unforward(&rules, container_id))
+    })
+    .map_err(|e| e.context(|| format!("tear down port mappings (nftables) for {container_id}")))
 }
 
 /// The ipMasq rules of every attachment.

@@ -39,6 +39,7 @@ use ipnetwork::IpNetwork;
 use crate::Family;
 use crate::nat::driver::{NatDriver, PortHints};
 use crate::nat::error::NatError;
+use crate::nat::guard;
 use crate::nat::model::{Attachment, PortMapConfig, PortMapping, RuleRef};
 use crate::nat::names::{
     SETS_HOSTPORT_TABLE as HOSTPORT_TABLE, SETS_MASQ_SET as MASQ_SET, SETS_MASQ_TABLE as MASQ_TABLE,
@@ -104,14 +105,17 @@ impl NatDriver for NftablesSets {
     ) -> Result<(), NatError> {
         // Without a record of an earlier ADD there is nothing of ours to sweep first.
         let readd = prior.is_none_or(|p| !p.is_empty());
-        hostport_forward(config, targets, readd).map_err(|e| {
-            e.context(|| {
-                format!(
-                    "set up port mappings (nftables-sets) for {}",
-                    config.container_id
-                )
+        // Before the DNAT elements, so route_localnet (set after) is never unguarded.
+        guard::install(config)
+            .and_then(|()| hostport_forward(config, targets, readd))
+            .map_err(|e| {
+                e.context(|| {
+                    format!(
+                        "set up port mappings (nftables-sets) for {}",
+                        config.container_id
+                    )
+                })
             })
-        })
     }
 
     fn check_ports(&self, config: &PortMapConfig, targets: &[IpNetwork]) -> Result<(), NatError> {
@@ -128,9 +132,11 @@ impl NatDriver for NftablesSets {
         container_id: &str,
         hints: &PortHints<'_>,
     ) -> Result<(), NatError> {
-        hostport_unforward(network, container_id, hints.installed).map_err(|e| {
+        let elements = hostport_unforward(network, container_id, hints.installed).map_err(|e| {
             e.context(|| format!("tear down port mappings (nftables-sets) for {container_id}"))
-        })
+        });
+        let guard = guard::remove(network, container_id);
+        NatError::collect(elements.err().into_iter().chain(guard.err()).collect())
     }
 }
 
