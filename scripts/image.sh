@@ -10,6 +10,7 @@
 #   /usr/local/bin/cni-rs-node             the agent: entrypoint, default command `run`
 #   /opt/cni-rs/bin/{bridge,host-local,portmap}   the plugins, for copying onto the node
 #   /etc/passwd, /etc/group (root, nobody), /tmp (1777): runs as non-root as well
+#   /etc/ssl/certs/ca-certificates.crt     this machine's CA bundle
 # Labels (config labels and manifest annotations): org.opencontainers.image.{title,
 # version,revision,source,licenses,created}; revision is the git commit, -dirty when
 # tracked files differ from it.
@@ -38,6 +39,8 @@ PLUGINS=(bridge host-local portmap)
 AGENT_PATH=/usr/local/bin/cni-rs-node
 PLUGIN_DIR=/opt/cni-rs/bin
 LICENSE=Apache-2.0
+# Debian's bundle of the system CAs; rustls finds it at this path.
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 # iptables front ends the agent runs (forward.rs), all one multi-call binary.
 IPTABLES_NAMES=(iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore)
 
@@ -193,6 +196,14 @@ EOF
     install -d -m 1777 "$rootfs/tmp"
 }
 
+# The agent's client checks the API server's certificate against the CA of the
+# kubeconfig or service account; without one (an --apiserver URL alone) it takes the
+# system's CAs, and it fails to start when there are none at all.
+place_ca_bundle() {
+    [ -f "$CA_BUNDLE" ] || die "$CA_BUNDLE not found: apt-get install ca-certificates"
+    place "$CA_BUNDLE" "$CA_BUNDLE" 0644
+}
+
 # The agent's tools: nft (masquerade, masq.rs) and iptables-nft's multi-call binary
 # (FORWARD accepts, forward.rs) with its extensions, which iptables-save needs to print
 # the rules others put in the filter table.
@@ -316,6 +327,7 @@ mkdir -p "$rootfs" "$layout/blobs/sha256"
 ELF_FILES=()
 mirror_usr_merge
 base_files
+place_ca_bundle
 place_binaries
 place_tools
 place_libraries
