@@ -392,9 +392,9 @@ reproducible_tar "$layout" "$work/image.tar"
 mv -- "$work/image.tar" "$out"
 
 info "archive:   $out"
-info "size:      $(size "$out") bytes ($(numfmt --to=iec-i --suffix=B "$(size "$out")")" \
-    "compressed; $(numfmt --to=iec-i --suffix=B "$uncompressed") unpacked)"
+info "size:      $(size "$out") bytes ($(numfmt --to=iec-i --suffix=B --round=nearest "$(size "$out")")" \
+    "compressed; $(numfmt --to=iec-i --suffix=B --round=nearest "$uncompressed") unpacked)"
 info "sha256:    $(sha "$out")"
 info "image:     $tag"
 info "revision:  $revision"
-info "load it:   ctr -n k8s.io images import $out | docker load -i $out | podman load -i $out"
+info "load it:   ctr -n k8s.io images import $out  (or: docker load -i, podman load -i)"
