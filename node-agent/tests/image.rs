@@ -392,6 +392,9 @@ fn image_starts_in_a_private_containerd() {
         "{metrics}\n{}",
         agent.log()
     );
+    // iptables-save in the image ran too (the first pass, done before /readyz turned
+    // 200, looks at the FORWARD policy): it would log `forward: <error>`.
+    assert!(!agent.log().contains(" forward: "), "{}", agent.log());
     // Requests reached the stand-in: the watch the agent keeps open.
     assert!(api.open_watches().expect("stand-in state") >= 1);
 
