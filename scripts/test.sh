@@ -21,6 +21,10 @@ cd "$ROOT"
 section "System packages"
 ensure_packages iproute2 iptables nftables containernetworking-plugins iputils-ping \
     netcat-openbsd socat jq conntrack procps
+# The image test (node-agent/tests/image.rs) imports scripts/image.sh's archive into a
+# containerd of its own (runc and ctr come with it), never the machine's; the image
+# carries the CA bundle of ca-certificates.
+ensure_packages containerd ca-certificates
 # kubectl checks that the stand-in API server (tests/standin) speaks the real API.
 # Debian's kubernetes-client ships /usr/bin/kubectl, which clashes (a dpkg file
 # conflict) with any other package that does, such as Google Cloud SDK's `kubectl`:
