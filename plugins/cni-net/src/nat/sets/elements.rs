@@ -175,9 +175,6 @@ pub(super) fn with_nl<R>(f: impl FnOnce(&mut Nftnl) -> Result<R, NatError>) -> R
     result
 }
 
-/// How long a removed element lingers, in milliseconds. See [`expire`].
-const EXPIRE_MS: u64 = 1;
-
 /// The container's elements of `sets` (by `owned` on their comment).
 fn owned_elements(
     nl: &mut Nftnl,
@@ -200,84 +197,20 @@ fn owned_elements(
     Ok(out)
 }
 
-/// Removes `doomed` by giving each a timeout of [`EXPIRE_MS`] instead of deleting it,
-/// and returns once they are gone.
-///
-/// Why: a deletion leaves memory for the kernel to free after an RCU grace period,
-/// and whoever closes a netfilter socket next (this process, at exit) waits for that
-/// with the nf_tables commit mutex held: about 10 ms on every DEL. An expired element
-/// matches no packet and is invisible to lookups and listings, and the set's own
-/// garbage collector frees it in the background. Expiry takes effect at the next
-/// jiffy (up to 4 ms at HZ=250): waited for here, so that when DEL returns the
-/// mapping is gone, as after a deletion. Kernels that cannot change an element's
-/// timeout (before 6.10) leave it unchanged; sets made without `flags timeout` refuse
-/// it. Both are detected, and what is left is deleted the classic way.
+/// Removes `doomed` by expiry (see [`Nftnl::expire_elements`]), and returns once they
+/// are gone: when DEL returns the mapping is gone, as after a deletion.
 pub(super) fn expire(
     nl: &mut Nftnl,
     family: Family,
     table: &'static str,
     doomed: Vec<(&'static str, Element)>,
 ) -> Result<(), NatError> {
-    if doomed.is_empty() {
-        return Ok(());
-    }
-    let ops: Vec<Op> = doomed
-        .iter()
-        .map(|(set, element)| Op::AddElement {
-            set: set.to_string(),
-            element: Element {
-                timeout_ms: Some(EXPIRE_MS),
-                ..element.clone()
-            },
+    nl.expire_elements(family, table, &doomed, true)
+        .map_err(|e| {
+            let what = if e.looking_up { "look up" } else { "update" };
+            kernel(what, table)(e.source)
         })
-        .collect();
-    if nl.commit(family, table, &ops).is_ok() && expired(nl, family, table, &doomed)? {
-        return Ok(());
-    }
-    let mut ops = Vec::new();
-    for (set, element) in doomed {
-        if nl
-            .element(family, table, set, &element)
-            .map_err(kernel("look up", table))?
-            .is_some()
-        {
-            ops.push(Op::DeleteElement {
-                set: set.to_string(),
-                element,
-            });
-        }
-    }
-    nl.commit(family, table, &ops)
-        .map_err(kernel("update", table))
 }
-
-/// Polls until every element of `doomed` has expired: `false` when the kernel kept one
-/// without a timeout, or it outlived [`EXPIRY_WAIT`].
-fn expired(
-    nl: &mut Nftnl,
-    family: Family,
-    table: &'static str,
-    doomed: &[(&'static str, Element)],
-) -> Result<bool, NatError> {
-    let start = std::time::Instant::now();
-    for (set, element) in doomed {
-        loop {
-            match nl
-                .element(family, table, set, element)
-                .map_err(kernel("look up", table))?
-            {
-                None => break,
-                Some(e) if e.timeout_ms.is_none() => return Ok(false),
-                Some(_) if start.elapsed() > EXPIRY_WAIT => return Ok(false),
-                Some(_) => std::thread::sleep(std::time::Duration::from_micros(500)),
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// Far more than the jiffy or two an expiry takes.
-const EXPIRY_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Installs the container's `wanted` elements, in one batch: each key is looked up
 /// on its own, so the cost does not grow with the number of pods. An identical
