@@ -1,8 +1,8 @@
 //! Issue 14 §3: once a pod on the bridge has a host port (route_localnet=1 on the
 //! bridge), no pod reaches what the node binds to 127.0.0.1 only, by a route via its
 //! gateway (NET_ADMIN) or by a hand-made frame (NET_RAW only); the localhost host port
-//! still answers; DEL of the last mapping takes the guard away and puts route_localnet
-//! back to 0.
+//! still answers; DEL of the last mapping on an interface takes its guard away and puts
+//! route_localnet back to 0, not before (two pods on one bridge, and GC).
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -14,7 +14,6 @@ use crate::fixture::*;
 
 const SECRET_TCP: u16 = 7001;
 const SECRET_UDP: u16 = 7002;
-const GUARD_TABLE: [&str; 5] = ["nft", "list", "table", "ip", "cni_rs_localnet"];
 
 /// The node's loopback-only services, non-blocking so a test can ask "did anything
 /// arrive?".
@@ -205,8 +204,42 @@ fn route_localnet(node: &Node) -> String {
         .to_string()
 }
 
-fn guard_present(node: &Node) -> bool {
-    node.host.exec(GUARD_TABLE).status.success()
+/// The elements of one of the guard's sets, as `nft` lists them (empty without the
+/// table).
+fn guard_set(node: &Node, set: &str) -> String {
+    let out = node
+        .host
+        .exec(["nft", "list", "set", "ip", "cni_rs_localnet", set]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Whether the bridge is guarded, and whether `pod` claims it. Elements DEL expires
+/// linger a jiffy or two (listed with "expires"): they count as gone.
+fn guard_state(node: &Node, pod: &Pod) -> (bool, bool) {
+    let live = |text: String, needle: &str| {
+        text.lines()
+            .any(|l| l.contains(needle) && !l.contains("expires"))
+    };
+    for _ in 0..50 {
+        let text = guard_set(node, "guarded") + &guard_set(node, "owners");
+        if !text.contains("expires") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let guarded = live(guard_set(node, "guarded"), &format!("\"{BRIDGE}\""));
+    let owner = format!(
+        "\"{BRIDGE}\" . {} comment \"{NETWORK} {} {BRIDGE}\"",
+        pod.v4, pod.id
+    );
+    (guarded, live(guard_set(node, "owners"), &owner))
+}
+
+/// Neither attacker reaches the node's loopback.
+fn assert_blocked(node: &Node, secrets: &Secrets, routed: &Pod, raw: &Pod, what: &str) {
+    from_routed_pod(routed);
+    from_raw_pod(node, raw);
+    assert_eq!(secrets.reached(), (false, false), "{what}");
 }
 
 fn pods_never_reach_the_node_loopback(backend: &str) {
@@ -229,7 +262,11 @@ fn pods_never_reach_the_node_loopback(backend: &str) {
         "1",
         "{backend}: localhost host ports need it"
     );
-    assert!(guard_present(&node), "{backend}: no guard");
+    assert_eq!(
+        guard_state(&node, &web),
+        (true, true),
+        "{backend}: no guard"
+    );
 
     // The localhost host port, the node address and hairpin still answer.
     for (what, from, addr) in [
@@ -263,7 +300,11 @@ fn pods_never_reach_the_node_loopback(backend: &str) {
     // A repeated ADD puts the guard back; DEL of the last mapping removes it, with
     // route_localnet.
     node.portmap("ADD", &web, &conf).assert_ok();
-    assert!(guard_present(&node), "{backend}: re-ADD guards again");
+    assert_eq!(
+        guard_state(&node, &web),
+        (true, true),
+        "{backend}: re-ADD guards again"
+    );
     from_raw_pod(&node, &raw);
     assert_eq!(
         secrets.reached(),
@@ -271,7 +312,11 @@ fn pods_never_reach_the_node_loopback(backend: &str) {
         "{backend}: raw after re-ADD"
     );
     node.portmap("DEL", &web, &conf).assert_ok();
-    assert!(!guard_present(&node), "{backend}: guard left after DEL");
+    assert_eq!(
+        guard_state(&node, &web),
+        (false, false),
+        "{backend}: guard left after DEL"
+    );
     assert_eq!(
         route_localnet(&node),
         "0",
@@ -298,4 +343,121 @@ fn nftables_pods_never_reach_the_node_loopback() {
 #[test]
 fn nftables_sets_pods_never_reach_the_node_loopback() {
     pods_never_reach_the_node_loopback("nftables-sets");
+}
+
+/// Two pods with host ports on one bridge: the first DEL leaves the bridge guarded
+/// (route_localnet stays on for the other pod's localhost host port); the second
+/// takes the guard away and puts route_localnet back to 0.
+fn the_guard_stays_until_the_last_pod_goes(backend: &str) {
+    let node = Node::new();
+    let secrets = Secrets::bind(&node);
+    let (a, b) = (node.pod_v4("a"), node.pod_v4("b"));
+    let routed = node.pod_v4("routed");
+    let raw = node.pod_v4("raw");
+    route_loopback_out(&routed);
+    let _tcp = b.serve_tcp(80, "tcp-b");
+    let conf_a = conf(backend, json!([map(8080, 80, "tcp")]), &a);
+    let conf_b = conf(backend, json!([map(8081, 80, "tcp")]), &b);
+    node.portmap("ADD", &a, &conf_a).assert_ok();
+    node.portmap("ADD", &b, &conf_b).assert_ok();
+    assert_eq!(guard_state(&node, &a), (true, true), "{backend}: a");
+    assert_eq!(guard_state(&node, &b), (true, true), "{backend}: b");
+
+    node.portmap("DEL", &a, &conf_a).assert_ok();
+    assert_eq!(
+        guard_state(&node, &a),
+        (true, false),
+        "{backend}: a's claim left, or the guard gone with it"
+    );
+    assert!(guard_state(&node, &b).1, "{backend}: b's claim");
+    assert_eq!(route_localnet(&node), "1", "{backend}: b still needs it");
+    let tcp = eventually(3, || tcp_reply(&node.host, "127.0.0.1", 8081));
+    assert_eq!(
+        tcp.as_deref(),
+        Some("tcp-b"),
+        "{backend}: b's localhost port"
+    );
+    assert_blocked(
+        &node,
+        &secrets,
+        &routed,
+        &raw,
+        &format!("{backend}: after a's DEL"),
+    );
+
+    // A repeated DEL changes nothing.
+    node.portmap("DEL", &a, &conf_a).assert_ok();
+    assert_eq!(
+        guard_state(&node, &b),
+        (true, true),
+        "{backend}: repeated DEL"
+    );
+
+    node.portmap("DEL", &b, &conf_b).assert_ok();
+    assert_eq!(
+        guard_state(&node, &b),
+        (false, false),
+        "{backend}: after the last DEL"
+    );
+    assert_eq!(
+        route_localnet(&node),
+        "0",
+        "{backend}: route_localnet left on"
+    );
+    assert_blocked(
+        &node,
+        &secrets,
+        &routed,
+        &raw,
+        &format!("{backend}: after the last DEL"),
+    );
+}
+
+#[test]
+fn iptables_the_guard_stays_until_the_last_pod_goes() {
+    the_guard_stays_until_the_last_pod_goes("iptables");
+}
+
+#[test]
+fn nftables_sets_the_guard_stays_until_the_last_pod_goes() {
+    the_guard_stays_until_the_last_pod_goes("nftables-sets");
+}
+
+/// GC releases the claims of containers the runtime no longer lists, records or not,
+/// and the guard goes with the last one.
+#[test]
+fn gc_releases_the_claims_of_forgotten_pods() {
+    let node = Node::new();
+    let (keep, gone) = (node.pod_v4("keep"), node.pod_v4("gone"));
+    for (pod, port) in [(&keep, 8080), (&gone, 8081)] {
+        let mut c = conf("nftables-sets", json!([map(port, 80, "tcp")]), pod);
+        c["cniVersion"] = json!("1.1.0");
+        node.portmap("ADD", pod, &c).assert_ok();
+    }
+    let gc = |valid: Vec<&str>| {
+        let attachments: Vec<_> = valid
+            .iter()
+            .map(|id| json!({"containerID": id, "ifname": "eth0"}))
+            .collect();
+        let gc_conf = json!({
+            "cniVersion": "1.1.0",
+            "name": NETWORK,
+            "type": "portmap",
+            "backend": "nftables-sets",
+            "cni.dev/valid-attachments": attachments,
+        });
+        node.host
+            .cni("portmap")
+            .command("GC")
+            .config(&gc_conf)
+            .run()
+            .assert_ok();
+    };
+    gc(vec![&keep.id]);
+    assert_eq!(guard_state(&node, &gone), (true, false), "gone's claim");
+    assert_eq!(guard_state(&node, &keep), (true, true), "keep's claim");
+    assert_eq!(route_localnet(&node), "1");
+    gc(vec![]);
+    assert_eq!(guard_state(&node, &keep), (false, false), "keep's claim");
+    assert_eq!(route_localnet(&node), "0");
 }

@@ -3,8 +3,9 @@
 use std::collections::HashSet;
 
 use cni_net::Family;
-use cni_net::nat::{self, Backend, PortHints, PortMapping, Proto, RuleRef};
+use cni_net::nat::{self, Backend, LocalnetGuard, PortHints, PortMapping, Proto, RuleRef};
 use cni_types::{CniResult, Error, Plugin, Request};
+use ipnetwork::IpNetwork;
 
 use crate::config::Config;
 use crate::container::container_ips;
@@ -83,11 +84,18 @@ fn add(req: &Request) -> Result<CniResult, PortmapError> {
     };
     // The interface that will need route_localnet: the driver guards it against pods
     // reaching the host's loopback, in the same transaction as the DNAT rules.
-    let localnet = match targets.iter().find(|t| t.is_ipv4()) {
-        Some(v4) if config.rules.snat => localnet::interface_for(v4.ip())?,
-        _ => None,
+    let (localnet, guard) = match targets.iter().find(|t| t.is_ipv4()) {
+        Some(IpNetwork::V4(v4)) if config.rules.snat => {
+            let link = localnet::interface_for(v4.ip().into())?;
+            let guard = link.as_ref().map(|l| LocalnetGuard {
+                ifname: l.name.clone(),
+                pod: v4.ip(),
+            });
+            (link, guard)
+        }
+        _ => (None, None),
     };
-    config.rules.localnet_guard = localnet.as_ref().map(|l| l.name.clone());
+    config.rules.localnet_guard = guard;
     let tracked = nat::forward_ports(config.backend, &config.rules, &targets, prior.as_deref())
         .map_err(PortmapError::nat("unable to set up port mappings"))?;
     record(registry.as_ref(), &config, tracked.as_deref());
@@ -134,6 +142,7 @@ fn del(req: &Request) -> Result<(), PortmapError> {
     let hints = PortHints {
         known: recorded.as_ref().and_then(|r| r.rules.as_deref()),
         installed,
+        localnet: recorded.as_ref().and_then(|r| r.guard.as_ref()),
     };
     nat::unforward_ports(config.backend, &req.conf.name, &req.container_id, &hints)
         .map_err(PortmapError::nat("could not tear down port mappings"))?;
@@ -182,10 +191,11 @@ fn gc(req: &Request) -> Result<(), PortmapError> {
     let recorded = registry.containers().map_err(PortmapError::Registry)?;
     let mut failures = Vec::new();
     for id in recorded.iter().filter(|id| !valid.contains(id.as_str())) {
-        let known = registry.read(id).and_then(|r| r.rules);
+        let record = registry.read(id);
         let hints = PortHints {
-            known: known.as_deref(),
+            known: record.as_ref().and_then(|r| r.rules.as_deref()),
             installed: None,
+            localnet: record.as_ref().and_then(|r| r.guard.as_ref()),
         };
         match nat::unforward_ports(config.backend, network, id, &hints) {
             Ok(()) => forget(network, id),
@@ -208,9 +218,20 @@ fn gc(req: &Request) -> Result<(), PortmapError> {
 /// searches for its rules.
 fn record(registry: Option<&Registry>, config: &Config, rules: Option<&[RuleRef]>) {
     let res = match registry {
-        Some(r) => r.record(&config.rules.container_id, &config.rules.mappings, rules),
-        None => Registry::for_network(&config.rules.network)
-            .and_then(|r| r.record(&config.rules.container_id, &config.rules.mappings, rules)),
+        Some(r) => r.record(
+            &config.rules.container_id,
+            &config.rules.mappings,
+            rules,
+            config.rules.localnet_guard.as_ref(),
+        ),
+        None => Registry::for_network(&config.rules.network).and_then(|r| {
+            r.record(
+                &config.rules.container_id,
+                &config.rules.mappings,
+                rules,
+                config.rules.localnet_guard.as_ref(),
+            )
+        }),
     };
     if let Err(e) = res {
         eprintln!(

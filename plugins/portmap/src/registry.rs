@@ -11,7 +11,8 @@
 //! so a DEL that comes without `portMappings` can still flush their UDP conntrack
 //! entries, and the handles of its rules (`rule <4|6> <table> <chain> <handle>`, then
 //! `tracked` when the list is complete), so a DEL or re-ADD finds them without
-//! searching the shared chains.
+//! searching the shared chains, and the localnet guard it claimed (`guard <interface>
+//! <pod IPv4>`), so that DEL finds its claim with one look-up.
 //!
 //! The records live on tmpfs, like the rules they describe: both vanish on reboot.
 //! The directory is keyed by the network namespace the plugin runs in, so nodes
@@ -20,11 +21,11 @@
 
 use std::fs;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use cni_net::nat::{IpFamily, PortMapping, Proto, RuleRef};
+use cni_net::nat::{IpFamily, LocalnetGuard, PortMapping, Proto, RuleRef};
 
 const ROOT: &str = "/run/cni-rs/portmap";
 const TMP_SUFFIX: &str = ".tmp";
@@ -59,11 +60,13 @@ impl Registry {
         container_id: &str,
         mappings: &[PortMapping],
         rules: Option<&[RuleRef]>,
+        guard: Option<&LocalnetGuard>,
     ) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let record = Record {
             mappings: mappings.to_vec(),
             rules: rules.map(<[RuleRef]>::to_vec),
+            guard: guard.cloned(),
         };
         // Written aside and renamed, so a concurrent reader never sees half a record.
         let tmp = self.temporary(container_id);
@@ -141,6 +144,8 @@ pub struct Record {
     pub mappings: Vec<PortMapping>,
     /// Handles of the rules to delete; `None` when they are not all known.
     pub rules: Option<Vec<RuleRef>>,
+    /// The localnet guard ADD claimed, if any.
+    pub guard: Option<LocalnetGuard>,
 }
 
 impl Record {
@@ -169,6 +174,9 @@ impl Record {
             }
             text.push_str("tracked\n");
         }
+        if let Some(g) = &self.guard {
+            text.push_str(&format!("guard {} {}\n", g.ifname, g.pod));
+        }
         text
     }
 
@@ -182,6 +190,13 @@ impl Record {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["tracked"] => tracked = true,
+                ["guard", ifname, pod] => {
+                    // A damaged line only costs DEL a listing.
+                    record.guard = pod.parse::<Ipv4Addr>().ok().map(|pod| LocalnetGuard {
+                        ifname: (*ifname).to_string(),
+                        pod,
+                    });
+                }
                 ["rule", family, table, chain, handle] => {
                     let family = match *family {
                         "4" => Some(IpFamily::V4),
@@ -264,11 +279,20 @@ mod tests {
             chain: "CNI-HOSTPORT-DNAT".into(),
             handle: 77,
         };
-        a.record("c2", &[], None).unwrap();
-        a.record("c1", &[tcp], None).unwrap();
-        a.record("c1", &[udp, tcp], Some(std::slice::from_ref(&rule)))
-            .unwrap();
-        b.record("c3", &[], Some(&[])).unwrap();
+        let guard = LocalnetGuard {
+            ifname: "cni0".into(),
+            pod: Ipv4Addr::new(10, 22, 0, 5),
+        };
+        a.record("c2", &[], None, None).unwrap();
+        a.record("c1", &[tcp], None, None).unwrap();
+        a.record(
+            "c1",
+            &[udp, tcp],
+            Some(std::slice::from_ref(&rule)),
+            Some(&guard),
+        )
+        .unwrap();
+        b.record("c3", &[], Some(&[]), None).unwrap();
         assert_eq!(a.containers().unwrap(), ["c1", "c2"]);
         let back = a.read("c1").unwrap();
         assert_eq!(back.mappings.len(), 2);
@@ -286,6 +310,7 @@ mod tests {
             (Proto::Tcp, 80, None)
         );
         assert_eq!(back.rules, Some(vec![rule]));
+        assert_eq!(back.guard, Some(guard));
         assert_eq!(a.read("c2").unwrap(), Record::default());
         assert_eq!(b.read("c3").unwrap().rules, Some(vec![]));
         assert!(a.read("nope").is_none());
@@ -311,7 +336,7 @@ mod tests {
         let r = Registry::at(base.clone(), "net");
         // The record's name is taken by a directory: the rename fails.
         std::fs::create_dir_all(r.dir.join("c1").join("x")).unwrap();
-        assert!(r.record("c1", &[], None).is_err());
+        assert!(r.record("c1", &[], None, None).is_err());
         assert!(!r.dir.join(".c1.tmp").exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
@@ -345,11 +370,21 @@ mod tests {
                     chain,
                     handle,
                 });
+            let guard =
+                ("[a-z0-9_.-]{1,15}", any::<[u8; 4]>()).prop_map(|(ifname, pod)| LocalnetGuard {
+                    ifname,
+                    pod: Ipv4Addr::from(pod),
+                });
             (
                 proptest::collection::vec(mapping, 0..4),
                 proptest::option::of(proptest::collection::vec(rule, 0..4)),
+                proptest::option::of(guard),
             )
-                .prop_map(|(mappings, rules)| Record { mappings, rules })
+                .prop_map(|(mappings, rules, guard)| Record {
+                    mappings,
+                    rules,
+                    guard,
+                })
         }
 
         proptest! {

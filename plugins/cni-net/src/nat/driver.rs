@@ -4,7 +4,7 @@
 use ipnetwork::IpNetwork;
 
 use super::error::NatError;
-use super::model::{Attachment, PortMapConfig, PortMapping, RuleRef};
+use super::model::{Attachment, LocalnetGuard, PortMapConfig, PortMapping, RuleRef};
 use crate::Family;
 use crate::nftnl::AddedRule;
 
@@ -80,6 +80,8 @@ pub struct PortHints<'a> {
     pub known: Option<&'a [RuleRef]>,
     /// The last ADD's mappings and the container's addresses (prevResult's).
     pub installed: Option<(&'a [PortMapping], &'a [IpNetwork])>,
+    /// The localnet guard the last ADD claimed (its record's): found by one look-up.
+    pub localnet: Option<&'a LocalnetGuard>,
 }
 
 /// The rules among `added` that `mine` accepts, as records, when they are exactly as

@@ -11,63 +11,86 @@
 //! host bound to loopback only.
 //!
 //! # What it is
-//! One rule per container that has localhost host ports, in a table of our own that
-//! every layout shares (`ip cni_rs_localnet`, chain `input`: filter hook input at
-//! priority -10, after conntrack and before any filter chain, iptables' included):
+//! A table of our own that every layout shares (`ip cni_rs_localnet`), written once per
+//! node by `nft -f` (see [`skeleton`]), with one fixed rule in chain `input` (filter
+//! hook input at priority -10, after conntrack and before any filter chain, iptables'
+//! included) and two sets:
 //!
 //! ```text
-//! iifname "<pod-facing if>" ip daddr 127.0.0.0/8 ct state & (established|related) == 0
-//!     ct status & dnat == 0 drop comment "<network> <container ID> <if>"
+//! set guarded { type ifname; flags timeout; }                 # pod-facing interfaces
+//! set owners { type ifname . ipv4_addr; flags timeout; }      # who needs each guarded
+//! iifname @guarded ip daddr 127.0.0.0/8 ct state & (established|related) == 0
+//!     ct status & dnat == 0 drop
 //! ```
 //!
 //! Replies of the host's own connections to a localhost host port are ESTABLISHED;
 //! a pod's packet to `127.0.0.1:<hostPort>` is DNATed away in prerouting and never
 //! reaches input; everything else a pod sends to 127.0.0.0/8 is dropped.
 //!
+//! Each container with localhost host ports owns one element of `owners`, keyed by
+//! (pod-facing interface, pod IPv4) and commented `<network> <container ID> <if>`; an
+//! interface is in `guarded` while at least one owner names it. The owners are the
+//! count: nothing else is kept anywhere.
+//!
 //! # Why one table for every layout
 //! The guard must hold whatever layout wrote the DNAT rules, on mixed nodes (Go and
 //! Rust plugins, a layout switched with pods running) too. A table of our own is
 //! untouched by `iptables -F`/`iptables-restore` of the filter table (firewalld,
 //! an admin restoring a saved ruleset, kube-proxy), which would silently reopen the
-//! hole for an iptables-filter rule; and it is written over netlink in one batch, so
-//! no layout gains a process. Each driver calls [`install`] before its DNAT rules and
-//! [`remove`] after tearing them down, under the verbs' NAT lock.
+//! hole for an iptables-filter rule. Each driver calls [`install`] before its DNAT
+//! rules and [`remove`] after tearing them down, under the verbs' NAT lock.
+//!
+//! # Why sets, and expiry instead of deletion
+//! Deleting anything from nf_tables (a rule, an element) makes the process wait an RCU
+//! grace period (~10 ms) when its netfilter socket closes: with a rule per container,
+//! every DEL of a host-port pod paid it. Here ADD only adds elements (point look-ups,
+//! one batch) and DEL gives elements a 1 ms timeout, which the set's garbage collector
+//! honours in the background (see `Nftnl::expire_elements`; kernels before 6.10 fall
+//! back to a deletion). The table and its rule stay for good, like the sets layout's.
 //!
 //! # Lifetime
-//! A rule lives exactly as long as its container's mappings: ADD installs it, DEL and
-//! GC (which tear down per container) remove it, and the table goes with the last
-//! rule. Several containers on one bridge each hold a rule, so no count is kept
-//! anywhere: the rules are the count. When the last rule of an interface goes,
-//! `route_localnet` is put back to 0 there, under the same lock, so the switch is never
-//! on without its guard (see `remove`).
+//! ADD adds the owner and the interface; DEL and GC (per container) expire the
+//! container's owner, then, when no other live owner names its interface, put
+//! `route_localnet` back to 0 there and only then expire the interface from `guarded`,
+//! so the switch is never on without its guard (see [`remove`]).
 
 use std::collections::HashSet;
 
 use super::error::NatError;
-use super::model::PortMapConfig;
-use super::names::{LOCALNET_GUARD_CHAIN as CHAIN, LOCALNET_GUARD_TABLE as TABLE};
+use super::model::{LocalnetGuard, PortMapConfig};
+use super::names::{
+    LOCALNET_GUARD_CHAIN as CHAIN, LOCALNET_GUARD_TABLE as TABLE, LOCALNET_GUARDED_SET as GUARDED,
+    LOCALNET_OWNERS_SET as OWNERS,
+};
 use crate::Family;
 use crate::netlink::{Ipv4DevConf, Netlink};
-use crate::nftnl::expr::{Field, Prefix, addr_match, cmp_eq, ct, meta, none_of, verdict};
-use crate::nftnl::{self, KernelRule, Nftnl, Op};
+use crate::nftnl::{self, Element, Nftnl, Op};
+use crate::tools::{self, Tool};
 
-/// `NF_INET_LOCAL_IN`.
-const HOOK_INPUT: u32 = 1;
-/// After conntrack (-200) and the nat hooks' prerouting (-100), before filter (0).
-const PRIORITY: i32 = -10;
-const NFT_META_IIFNAME: u32 = 6;
-const NFT_CT_STATE: u32 = 0;
-const NFT_CT_STATUS: u32 = 2;
-/// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED)`.
-const CT_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
-/// `IPS_DST_NAT`.
-const CT_STATUS_DNAT: u32 = 1 << 5;
-const NF_DROP: i32 = 0;
-/// `IFNAMSIZ`: nft compares exact interface names NUL-padded to it.
+/// `IFNAMSIZ`: nft keys interface names NUL-padded to it.
 const IFNAMSIZ: usize = 16;
 /// The kernel keeps at most 255 bytes of user data; the comment must stay whole to be
 /// found again.
 const MAX_COMMENT: usize = 250;
+/// Look-ups before [`install`] gives up on an element that is expiring: about 40 ms,
+/// far more than the jiffy or two an expiry takes.
+const ATTEMPTS: usize = 20;
+
+/// The table, written once per node. After conntrack (-200) and the nat hooks'
+/// prerouting (-100), before filter (0).
+pub(crate) fn skeleton() -> String {
+    format!(
+        "table ip {TABLE} {{\n\
+         \tset {GUARDED} {{ type ifname; flags timeout; }}\n\
+         \tset {OWNERS} {{ type ifname . ipv4_addr; flags timeout; }}\n\
+         \tchain {CHAIN} {{\n\
+         \t\ttype filter hook input priority -10; policy accept;\n\
+         \t\tiifname @{GUARDED} ip daddr 127.0.0.0/8 \
+         ct state & (established|related) == 0 ct status & dnat == 0 drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
 
 /// The owner comment; CNI network names, container IDs and interface names contain
 /// no spaces.
@@ -75,16 +98,43 @@ fn owner(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{network} {container_id} {ifname}")
 }
 
-/// The interface a guard rule protects, from its comment.
-fn guarded_if(rule: &KernelRule) -> Option<&str> {
-    rule.comment.as_deref()?.rsplit(' ').next()
+fn is_owned_by(comment: &str, network: &str, container_id: &str) -> bool {
+    let prefix = format!("{network} {container_id} ");
+    comment
+        .strip_prefix(&prefix)
+        .is_some_and(|i| !i.contains(' '))
 }
 
-fn is_owned_by(rule: &KernelRule, network: &str, container_id: &str) -> bool {
-    let prefix = format!("{network} {container_id} ");
-    rule.comment
-        .as_deref()
-        .is_some_and(|c| c.strip_prefix(&prefix).is_some_and(|i| !i.contains(' ')))
+/// An interface name as a key field.
+fn ifname_field(ifname: &str) -> Vec<u8> {
+    let mut name = ifname.as_bytes().to_vec();
+    name.resize(IFNAMSIZ, 0);
+    name
+}
+
+fn guarded_element(ifname_key: &[u8]) -> Element {
+    Element {
+        key: ifname_key.to_vec(),
+        ..Element::default()
+    }
+}
+
+fn owner_element(guard: &LocalnetGuard, comment: Option<&str>) -> Element {
+    Element {
+        key: [ifname_field(&guard.ifname), guard.pod.octets().to_vec()].concat(),
+        comment: comment.map(str::to_string),
+        ..Element::default()
+    }
+}
+
+/// The interface field of an owner's key.
+fn owner_if(owner: &Element) -> &[u8] {
+    &owner.key[..owner.key.len().min(IFNAMSIZ)]
+}
+
+/// An owner that is not on its way out.
+fn live(e: &Element) -> bool {
+    e.timeout_ms.is_none()
 }
 
 fn kernel(what: &'static str) -> impl Fn(std::io::Error) -> NatError {
@@ -94,33 +144,22 @@ fn kernel(what: &'static str) -> impl Fn(std::io::Error) -> NatError {
     }
 }
 
-/// The rule's expressions: see the module doc.
-pub(crate) fn guard_exprs(ifname: &str) -> Vec<u8> {
-    let mut name = ifname.as_bytes().to_vec();
-    name.resize(IFNAMSIZ, 0);
-    let loopback = Prefix {
-        addr: std::net::Ipv4Addr::new(127, 0, 0, 0).into(),
-        len: 8,
-    };
-    let mut out = Vec::new();
-    meta(&mut out, NFT_META_IIFNAME);
-    cmp_eq(&mut out, &name);
-    addr_match(&mut out, Field::Destination, &loopback, false);
-    ct(&mut out, NFT_CT_STATE);
-    none_of(&mut out, CT_ESTABLISHED_RELATED);
-    ct(&mut out, NFT_CT_STATUS);
-    none_of(&mut out, CT_STATUS_DNAT);
-    verdict(&mut out, NF_DROP, None);
-    out
+/// Runs `f` on a fresh nf_tables socket, closed at exit (see [`nftnl::close_at_exit`]).
+fn with_nl<R>(f: impl FnOnce(&mut Nftnl) -> Result<R, NatError>) -> Result<R, NatError> {
+    let mut nl = Nftnl::open().map_err(kernel("open netlink for"))?;
+    let result = f(&mut nl);
+    nftnl::close_at_exit(nl);
+    result
 }
 
-/// Guards `config.localnet_guard` for this container, replacing a guard an earlier
-/// ADD of it left, in one netlink batch (which also creates the table on a node's
-/// first use). Nothing to do without an interface. The caller holds the NAT lock.
+/// Guards `config.localnet_guard`'s interface on behalf of this container: the table
+/// on a node's first use, then point look-ups and at most one netlink batch. Nothing
+/// to do without an interface. The caller holds the NAT lock.
 pub(crate) fn install(config: &PortMapConfig) -> Result<(), NatError> {
-    let Some(ifname) = config.localnet_guard.as_deref() else {
+    let Some(guard) = config.localnet_guard.as_ref() else {
         return Ok(());
     };
+    let ifname = guard.ifname.as_str();
     let comment = owner(&config.network, &config.container_id, ifname);
     if comment.len() > MAX_COMMENT || ifname.len() >= IFNAMSIZ || ifname.contains(' ') {
         return Err(NatError::Check(format!(
@@ -128,121 +167,185 @@ pub(crate) fn install(config: &PortMapConfig) -> Result<(), NatError> {
             config.container_id
         )));
     }
-    let mut nl = Nftnl::open().map_err(kernel("open netlink for"))?;
-    let result = install_with(&mut nl, config, ifname, comment);
-    nftnl::close_at_exit(nl);
-    result
+    with_nl(|nl| install_with(nl, guard, &comment))
 }
 
-fn install_with(
-    nl: &mut Nftnl,
-    config: &PortMapConfig,
-    ifname: &str,
-    comment: String,
-) -> Result<(), NatError> {
-    let mut ops = Vec::new();
-    if nl
-        .table_exists(Family::V4, TABLE)
-        .map_err(kernel("look up"))?
-    {
-        let rules = nl.rules(Family::V4, TABLE, CHAIN).map_err(kernel("list"))?;
-        ops.extend(
-            rules
-                .iter()
-                .filter(|r| is_owned_by(r, &config.network, &config.container_id))
-                .map(|r| Op::DeleteRule {
-                    chain: CHAIN.to_string(),
-                    handle: r.handle,
-                }),
-        );
-    } else {
-        ops.push(Op::NewTable);
-        ops.push(Op::NewBaseChain {
-            chain: CHAIN.to_string(),
-            hook: HOOK_INPUT,
-            priority: PRIORITY,
-        });
-    }
-    ops.push(Op::AppendCommented {
-        chain: CHAIN.to_string(),
-        exprs: guard_exprs(ifname),
-        comment,
-    });
-    nl.commit(Family::V4, TABLE, &ops)
-        .map_err(kernel("install"))
-}
-
-/// Removes the container's guard rules (DEL, and GC per container); the table goes
-/// with the last rule. Then, for each interface left without any guard, puts
-/// `route_localnet` back to 0: only a guarded interface may keep it on.
-///
-/// That reset is unconditional: we cannot tell whether an admin, or the Go portmap on
-/// the same bridge, also wanted it on. A pod-facing interface has no use for it but
-/// localhost host ports, and the next ADD that needs it sets it again behind a guard.
-/// Cheap when nothing is guarded: one netlink GET.
-pub(crate) fn remove(network: &str, container_id: &str) -> Result<(), NatError> {
-    let mut nl = Nftnl::open().map_err(kernel("open netlink for"))?;
-    let result = remove_with(&mut nl, |r| is_owned_by(r, network, container_id));
-    nftnl::close_at_exit(nl);
-    let unguarded = result?;
-    reset_route_localnet(&unguarded)
-}
-
-/// GC: removes the guards of `network`'s containers not in `valid` (a container whose
-/// record was lost is found here too).
-pub(crate) fn gc(network: &str, valid: &HashSet<&str>) -> Result<(), NatError> {
-    let mut nl = Nftnl::open().map_err(kernel("open netlink for"))?;
-    let prefix = format!("{network} ");
-    let result = remove_with(&mut nl, |r| {
-        r.comment
-            .as_deref()
-            .and_then(|c| c.strip_prefix(&prefix))
-            .and_then(|rest| rest.split_once(' '))
-            .is_some_and(|(id, ifname)| !ifname.contains(' ') && !valid.contains(id))
-    });
-    nftnl::close_at_exit(nl);
-    reset_route_localnet(&result?)
-}
-
-/// Deletes the rules `doomed` selects; returns the interfaces that no rule guards any
-/// more.
-fn remove_with(
-    nl: &mut Nftnl,
-    doomed: impl Fn(&KernelRule) -> bool,
-) -> Result<Vec<String>, NatError> {
+fn install_with(nl: &mut Nftnl, guard: &LocalnetGuard, comment: &str) -> Result<(), NatError> {
+    // Under the NAT lock: two of our processes never both write it.
     if !nl
         .table_exists(Family::V4, TABLE)
         .map_err(kernel("look up"))?
     {
-        return Ok(Vec::new());
+        tools::run(Tool::Nft, &["-f", "-"], Some(&skeleton()))?;
     }
-    let rules = nl.rules(Family::V4, TABLE, CHAIN).map_err(kernel("list"))?;
-    let (gone, kept): (Vec<&KernelRule>, Vec<&KernelRule>) = rules.iter().partition(|r| doomed(r));
-    if gone.is_empty() {
-        return Ok(Vec::new());
+    let owner = owner_element(guard, Some(comment));
+    let guarded = guarded_element(&ifname_field(&guard.ifname));
+    for _ in 0..ATTEMPTS {
+        let held = nl
+            .element(Family::V4, TABLE, OWNERS, &owner)
+            .map_err(kernel("look up"))?;
+        let on = nl
+            .element(Family::V4, TABLE, GUARDED, &guarded)
+            .map_err(kernel("look up"))?;
+        // An element a DEL has just expired is still there for a jiffy or two, and
+        // adding it again now would not revive it: wait it out.
+        if held.iter().chain(on.iter()).any(|e| !live(e)) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            continue;
+        }
+        let mut ops = Vec::new();
+        if on.is_none() {
+            ops.push(Op::AddElement {
+                set: GUARDED.to_string(),
+                element: guarded.clone(),
+            });
+        }
+        match held {
+            Some(e) if e.comment.as_deref() == Some(comment) => {}
+            stale => {
+                // Another owner at our key: IPAM gave that address to this container,
+                // so its former holder's DEL never came. An add would keep its comment.
+                if stale.is_some() {
+                    ops.push(Op::DeleteElement {
+                        set: OWNERS.to_string(),
+                        element: owner.clone(),
+                    });
+                }
+                ops.push(Op::AddElement {
+                    set: OWNERS.to_string(),
+                    element: owner.clone(),
+                });
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        match nl.commit(Family::V4, TABLE, &ops) {
+            // A deletion raced an expiry: look again.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            result => return result.map_err(kernel("install")),
+        }
     }
-    let ops: Vec<Op> = if kept.is_empty() {
-        vec![Op::DeleteTable]
-    } else {
-        gone.iter()
-            .map(|r| Op::DeleteRule {
-                chain: CHAIN.to_string(),
-                handle: r.handle,
+    Err(NatError::Conflict(format!(
+        "{TABLE}: entries of a removed container did not expire"
+    )))
+}
+
+/// Releases the container's claims (DEL, and GC per container): expires its owner
+/// elements, then releases each interface no other live owner names (see
+/// [`release`]). `hint` (the last ADD's record) makes finding the owner one look-up;
+/// without one, `owners` is listed once. When nothing of the container is there, DEL
+/// costs that one look-up (or listing) and nothing else.
+pub(crate) fn remove(
+    network: &str,
+    container_id: &str,
+    hint: Option<&LocalnetGuard>,
+) -> Result<(), NatError> {
+    with_nl(|nl| {
+        let mut mine: Vec<Element> = Vec::new();
+        if let Some(guard) = hint {
+            let found = nl
+                .element(Family::V4, TABLE, OWNERS, &owner_element(guard, None))
+                .map_err(kernel("look up"))?;
+            mine.extend(found.filter(|e| {
+                live(e)
+                    && e.comment
+                        .as_deref()
+                        .is_some_and(|c| is_owned_by(c, network, container_id))
+            }));
+            if mine.is_empty() {
+                return Ok(());
+            }
+        }
+        // Also the claims an earlier ADD of the container made elsewhere, if any.
+        let all = nl
+            .elements(Family::V4, TABLE, OWNERS)
+            .map_err(kernel("list"))?;
+        for e in all.iter().filter(|e| live(e)) {
+            let owned = e
+                .comment
+                .as_deref()
+                .is_some_and(|c| is_owned_by(c, network, container_id));
+            if owned && !mine.iter().any(|m| m.key == e.key) {
+                mine.push(e.clone());
+            }
+        }
+        release(nl, &mine, &all)
+    })
+}
+
+/// GC: releases the claims of `network`'s containers not in `valid` (a container whose
+/// record was lost is found here too).
+pub(crate) fn gc(network: &str, valid: &HashSet<&str>) -> Result<(), NatError> {
+    let prefix = format!("{network} ");
+    with_nl(|nl| {
+        let all = nl
+            .elements(Family::V4, TABLE, OWNERS)
+            .map_err(kernel("list"))?;
+        let doomed: Vec<Element> = all
+            .iter()
+            .filter(|e| live(e))
+            .filter(|e| {
+                e.comment
+                    .as_deref()
+                    .and_then(|c| c.strip_prefix(&prefix))
+                    .and_then(|rest| rest.split_once(' '))
+                    .is_some_and(|(id, ifname)| !ifname.contains(' ') && !valid.contains(id))
             })
-            .collect()
-    };
-    nl.commit(Family::V4, TABLE, &ops)
-        .map_err(kernel("remove"))?;
-    let still: HashSet<&str> = kept.iter().filter_map(|r| guarded_if(r)).collect();
-    let mut unguarded: Vec<String> = gone
+            .cloned()
+            .collect();
+        release(nl, &doomed, &all)
+    })
+}
+
+/// Expires the owners `doomed` (without waiting: one lingering a jiffy guards nothing
+/// extra), then, for each of their interfaces that no other live owner of `all`
+/// names: `route_localnet` back to 0 first (never on without a guard), then the
+/// interface expired from `guarded`.
+///
+/// That reset is unconditional: we cannot tell whether an admin, or the Go portmap on
+/// the same bridge, also wanted it on. A pod-facing interface has no use for it but
+/// localhost host ports, and the next ADD that needs it sets it again behind a guard.
+fn release(nl: &mut Nftnl, doomed: &[Element], all: &[Element]) -> Result<(), NatError> {
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    let claims: Vec<(&str, Element)> = doomed.iter().map(|e| (OWNERS, e.clone())).collect();
+    expire(nl, &claims)?;
+    let needed: HashSet<&[u8]> = all
         .iter()
-        .filter_map(|r| guarded_if(r))
-        .filter(|i| !still.contains(i))
-        .map(str::to_string)
+        .filter(|e| live(e) && !doomed.iter().any(|d| d.key == e.key))
+        .map(owner_if)
         .collect();
-    unguarded.sort();
-    unguarded.dedup();
-    Ok(unguarded)
+    let mut freed: Vec<&[u8]> = doomed
+        .iter()
+        .map(owner_if)
+        .filter(|i| !needed.contains(i))
+        .collect();
+    freed.sort();
+    freed.dedup();
+    if freed.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = freed
+        .iter()
+        .map(|i| {
+            String::from_utf8_lossy(i)
+                .trim_end_matches('\0')
+                .to_string()
+        })
+        .collect();
+    reset_route_localnet(&names)?;
+    let interfaces: Vec<(&str, Element)> = freed
+        .iter()
+        .map(|i| (GUARDED, guarded_element(i)))
+        .collect();
+    expire(nl, &interfaces)
+}
+
+fn expire(nl: &mut Nftnl, doomed: &[(&str, Element)]) -> Result<(), NatError> {
+    nl.expire_elements(Family::V4, TABLE, doomed, false)
+        .map_err(|e| kernel(if e.looking_up { "look up" } else { "release" })(e.source))
 }
 
 /// `route_localnet=0` on each interface that still exists.
@@ -268,45 +371,43 @@ fn reset_route_localnet(ifnames: &[String]) -> Result<(), NatError> {
 mod tests {
     use super::*;
 
-    fn rule(comment: &str) -> KernelRule {
-        KernelRule {
-            comment: Some(comment.to_string()),
-            ..KernelRule::default()
-        }
-    }
-
     #[test]
     fn owners_are_matched_whole() {
-        assert!(is_owned_by(&rule("net c1 cni0"), "net", "c1"));
-        assert!(!is_owned_by(&rule("net c10 cni0"), "net", "c1"));
-        assert!(!is_owned_by(&rule("net2 c1 cni0"), "net", "c1"));
-        assert!(!is_owned_by(&rule("net c1 cni0 x"), "net", "c1"));
-        assert_eq!(guarded_if(&rule("net c1 cni0")), Some("cni0"));
+        assert!(is_owned_by("net c1 cni0", "net", "c1"));
+        assert!(!is_owned_by("net c10 cni0", "net", "c1"));
+        assert!(!is_owned_by("net2 c1 cni0", "net", "c1"));
+        assert!(!is_owned_by("net c1 cni0 x", "net", "c1"));
         assert_eq!(owner("net", "c1", "cni0"), "net c1 cni0");
     }
 
+    /// The bytes `nft --debug=netlink` shows for `"cni0" . 10.1.2.3`: the name
+    /// NUL-padded to 16 bytes, then the address in network order.
     #[test]
-    fn the_rule_matches_the_interface_loopback_and_conntrack_then_drops() {
-        let exprs = guard_exprs("cni0");
-        let names = crate::nftnl::expr_names(&exprs);
-        assert_eq!(
-            names,
-            [
-                "meta",
-                "cmp",
-                "payload",
-                "cmp",
-                "ct",
-                "bitwise",
-                "cmp",
-                "ct",
-                "bitwise",
-                "cmp",
-                "immediate"
-            ]
-        );
-        let mut padded = b"cni0".to_vec();
-        padded.resize(IFNAMSIZ, 0);
-        assert!(exprs.windows(IFNAMSIZ).any(|w| w == padded.as_slice()));
+    fn owner_keys_use_the_kernels_layout() {
+        let guard = LocalnetGuard {
+            ifname: "cni0".into(),
+            pod: std::net::Ipv4Addr::new(10, 1, 2, 3),
+        };
+        let e = owner_element(&guard, Some("net c1 cni0"));
+        let mut want = b"cni0".to_vec();
+        want.resize(IFNAMSIZ, 0);
+        assert_eq!(guarded_element(&ifname_field("cni0")).key, want);
+        want.extend([10, 1, 2, 3]);
+        assert_eq!(e.key, want);
+        assert_eq!(owner_if(&e), ifname_field("cni0").as_slice());
+        assert_eq!(e.comment.as_deref(), Some("net c1 cni0"));
+    }
+
+    #[test]
+    fn the_skeleton_drops_new_loopback_traffic_from_guarded_interfaces() {
+        let text = skeleton();
+        assert!(text.starts_with("table ip cni_rs_localnet {"));
+        assert!(text.contains("set guarded { type ifname; flags timeout; }"));
+        assert!(text.contains("set owners { type ifname . ipv4_addr; flags timeout; }"));
+        assert!(text.contains("type filter hook input priority -10; policy accept;"));
+        assert!(text.contains(
+            "iifname @guarded ip daddr 127.0.0.0/8 ct state & (established|related) == 0 \
+             ct status & dnat == 0 drop"
+        ));
     }
 }

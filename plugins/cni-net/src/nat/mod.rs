@@ -5,7 +5,7 @@
 //!
 //! nat::setup_masq(Backend::detect(), "cbr0", "eth0", id, &ips)?;     // bridge ADD
 //! let record = nat::forward_ports(backend, &config, &ips, None)?;    // portmap ADD
-//! let hints = PortHints { known: record.as_deref(), installed: None };
+//! let hints = PortHints { known: record.as_deref(), ..PortHints::default() };
 //! nat::unforward_ports(backend, "cbr0", id, &hints)?;                 // portmap DEL
 //! nat::teardown_masq("cbr0", "eth0", id, None)?;                      // bridge DEL
 //! ```
@@ -97,7 +97,7 @@ pub use driver::PortHints;
 pub use error::NatError;
 pub use lock::LOCK_PATH;
 pub use masq::{gc_masq, setup_masq, teardown_masq};
-pub use model::{Attachment, PortMapConfig, PortMapping, Proto, RuleRef};
+pub use model::{Attachment, LocalnetGuard, PortMapConfig, PortMapping, Proto, RuleRef};
 pub use names::DEFAULT_MARK_MASQ_BIT;
 pub use portmap::{
     check_ports, flush_udp_host_ports, forward_ports, gc_port_guards, unforward_ports,

@@ -98,7 +98,16 @@ pub struct PortMapConfig {
     pub conditions_v6: Vec<String>,
     /// The host interface leading to the pod, when `route_localnet` will be set on it
     /// (snat on, IPv4): the driver guards it before (see `guard.rs`).
-    pub localnet_guard: Option<String>,
+    pub localnet_guard: Option<LocalnetGuard>,
+}
+
+/// What the localnet guard keys a container's claim on an interface by (see
+/// `guard.rs`): the host interface that will have `route_localnet`, and the pod's
+/// IPv4 address behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalnetGuard {
+    pub ifname: String,
+    pub pod: std::net::Ipv4Addr,
 }
 
 impl PortMapConfig {

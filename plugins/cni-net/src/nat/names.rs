@@ -73,6 +73,10 @@ pub const SETS_MASQ_SET: &str = "masq";
 /// chain drops what pods send to 127.0.0.0/8 that is not part of a host connection.
 pub const LOCALNET_GUARD_TABLE: &str = "cni_rs_localnet";
 pub const LOCALNET_GUARD_CHAIN: &str = "input";
+/// Sets of `cni_rs_localnet`: the interfaces it guards, and `interface . pod address`
+/// per container that needs the interface guarded.
+pub const LOCALNET_GUARDED_SET: &str = "guarded";
+pub const LOCALNET_OWNERS_SET: &str = "owners";
 /// knftables refuses longer comments; the reference truncates to this.
 pub const NFT_COMMENT_MAX: usize = 128;
 /// iptables' comment match limit.

@@ -139,6 +139,7 @@ fn unforward_with(
     let targets = hints.installed.map(|(_, ips)| per_family(ips));
     let hints = PortHints {
         known: hints.known,
+        localnet: hints.localnet,
         installed: hints
             .installed
             .zip(targets.as_deref())
@@ -157,9 +158,9 @@ fn unforward_with(
     NatError::collect(errors)
 }
 
-/// GC of the localnet guards (one per container with localhost host ports, in a table
-/// every layout shares): removes those of `network`'s containers not in `valid`. The
-/// per-container DELs of GC remove the rest with their rules.
+/// GC of the localnet guards (one claim per container with localhost host ports, in a
+/// table every layout shares): releases those of `network`'s containers not in
+/// `valid`. The per-container DELs of GC release the rest with their rules.
 pub fn gc_port_guards(network: &str, valid: &[&str]) -> Result<(), NatError> {
     let _lock = lock_at(Path::new(LOCK_PATH))?;
     let valid: std::collections::HashSet<&str> = valid.iter().copied().collect();
@@ -245,6 +246,7 @@ mod tests {
         let hints = PortHints {
             known: None,
             installed: Some((&mappings, &addresses)),
+            localnet: None,
         };
         let err = unforward_with(&configured, &[&holding, &empty], &lock, "net", "c1", &hints)
             .unwrap_err();

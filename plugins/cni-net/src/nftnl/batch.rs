@@ -4,7 +4,6 @@ use std::io;
 
 use super::rule::{
     NFT_MSG_NEWRULE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_HANDLE, NFTA_RULE_TABLE,
-    NFTA_RULE_USERDATA, NFTNL_UDATA_RULE_COMMENT,
 };
 use super::set_elem::{NFT_MSG_DELSETELEM, NFT_MSG_NEWSETELEM, push_element_list};
 use super::table::{NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE};
@@ -15,20 +14,12 @@ use super::wire::{
 use super::{Element, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, Nftnl, message};
 use crate::Family;
 
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 pub(super) const NFT_MSG_DELRULE: u16 = 8;
 const NFTA_RULE_COMPAT: u16 = 5;
 const NFTA_RULE_COMPAT_PROTO: u16 = 1;
 const NFTA_RULE_COMPAT_FLAGS: u16 = 2;
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
 const NLMSG_ERROR: u16 = netlink_packet_core::NLMSG_ERROR;
 const NLA_F_NESTED: u16 = netlink_packet_core::NLA_F_NESTED;
 
@@ -45,17 +36,6 @@ pub(crate) enum Op {
     DeleteChain {
         chain: String,
     },
-    /// Creates the batch's table unless it exists.
-    NewTable,
-    /// Deletes the batch's table with everything in it.
-    DeleteTable,
-    /// Creates a filter base chain on `hook` (`NF_INET_*`) at `priority`, policy
-    /// accept, unless it exists.
-    NewBaseChain {
-        chain: String,
-        hook: u32,
-        priority: i32,
-    },
     /// Creates a chain that must not exist yet (`iptables -N`).
     NewChain {
         chain: String,
@@ -67,13 +47,6 @@ pub(crate) enum Op {
         /// The layer 4 protocol iptables' `-p` names, which xtables matches such as
         /// `multiport` check against (`NFTA_RULE_COMPAT`, as iptables-nft sends it).
         compat_proto: Option<u8>,
-    },
-    /// Appends a native rule with an nft comment (what `nft add rule ... comment`
-    /// stores); the comment is cut to 254 bytes.
-    AppendCommented {
-        chain: String,
-        exprs: Vec<u8>,
-        comment: String,
     },
     /// Adds an element to a set or map. An identical element already there is fine; one
     /// with the same key and other data fails the batch with `EEXIST`.
@@ -104,32 +77,6 @@ fn encode_op(op: &Op, table: &str) -> (u16, u16, Vec<u8>) {
             push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
             NFT_MSG_DELRULE
         }
-        Op::NewTable => {
-            push_str_attr(&mut attrs, NFTA_TABLE_NAME, table);
-            flags |= NLM_F_CREATE;
-            NFT_MSG_NEWTABLE
-        }
-        Op::DeleteTable => {
-            push_str_attr(&mut attrs, NFTA_TABLE_NAME, table);
-            NFT_MSG_DELTABLE
-        }
-        Op::NewBaseChain {
-            chain,
-            hook,
-            priority,
-        } => {
-            push_str_attr(&mut attrs, NFTA_CHAIN_TABLE, table);
-            push_str_attr(&mut attrs, NFTA_CHAIN_NAME, chain);
-            push_nested(&mut attrs, NFTA_CHAIN_HOOK, |h| {
-                push_u32_attr(h, NFTA_HOOK_HOOKNUM, *hook);
-                push_attr(h, NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
-            });
-            // NF_ACCEPT: the chain only ever drops what its rules say.
-            push_u32_attr(&mut attrs, NFTA_CHAIN_POLICY, 1);
-            push_str_attr(&mut attrs, NFTA_CHAIN_TYPE, "filter");
-            flags |= NLM_F_CREATE;
-            NFT_MSG_NEWCHAIN
-        }
         Op::DeleteChain { chain } => {
             push_str_attr(&mut attrs, NFTA_CHAIN_TABLE, table);
             push_str_attr(&mut attrs, NFTA_CHAIN_NAME, chain);
@@ -158,18 +105,6 @@ fn encode_op(op: &Op, table: &str) -> (u16, u16, Vec<u8>) {
             flags |= NLM_F_CREATE | NLM_F_APPEND;
             NFT_MSG_NEWRULE
         }
-        Op::AppendCommented {
-            chain,
-            exprs,
-            comment,
-        } => {
-            push_str_attr(&mut attrs, NFTA_RULE_TABLE, table);
-            push_str_attr(&mut attrs, NFTA_RULE_CHAIN, chain);
-            push_attr(&mut attrs, NFTA_RULE_EXPRESSIONS | NLA_F_NESTED, exprs);
-            push_attr(&mut attrs, NFTA_RULE_USERDATA, &comment_udata(comment));
-            flags |= NLM_F_CREATE | NLM_F_APPEND;
-            NFT_MSG_NEWRULE
-        }
         Op::AddElement { set, element } => {
             push_element_list(&mut attrs, table, set, element);
             flags |= NLM_F_CREATE;
@@ -181,16 +116,6 @@ fn encode_op(op: &Op, table: &str) -> (u16, u16, Vec<u8>) {
         }
     };
     (kind, flags, attrs)
-}
-
-/// libnftnl's user data: one TLV, the comment with its NUL.
-fn comment_udata(comment: &str) -> Vec<u8> {
-    let mut value = comment.as_bytes().to_vec();
-    value.truncate(254);
-    value.push(0);
-    let mut out = vec![NFTNL_UDATA_RULE_COMMENT, value.len() as u8];
-    out.extend(value);
-    out
 }
 
 impl Nftnl {

@@ -25,8 +25,6 @@ const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_CT_DREG: u16 = 1;
-const NFTA_CT_KEY: u16 = 2;
 const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
 /// xtables match/target attributes (`nft_compat`): name, revision, info blob.
@@ -185,8 +183,7 @@ pub(crate) fn l4proto(out: &mut Vec<u8>, protocol_number: u8) {
     cmp_eq(out, &[protocol_number]);
 }
 
-/// `cmp eq` of the first register against `data`.
-pub(crate) fn cmp_eq(out: &mut Vec<u8>, data: &[u8]) {
+fn cmp_eq(out: &mut Vec<u8>, data: &[u8]) {
     expr(out, "cmp", |d| {
         push_u32_attr(d, NFTA_CMP_SREG, NFT_REG_1);
         push_u32_attr(d, NFTA_CMP_OP, NFT_CMP_EQ);
@@ -203,34 +200,6 @@ pub(crate) fn dport(out: &mut Vec<u8>, port: u16) {
         push_u32_attr(d, NFTA_PAYLOAD_LEN, 2);
     });
     cmp_eq(out, &port.to_be_bytes());
-}
-
-/// `meta KEY` into the first register (e.g. `NFT_META_IIFNAME`).
-pub(crate) fn meta(out: &mut Vec<u8>, key: u32) {
-    expr(out, "meta", |d| {
-        push_u32_attr(d, NFTA_META_KEY, key);
-        push_u32_attr(d, NFTA_META_DREG, NFT_REG_1);
-    });
-}
-
-/// `ct KEY` (a 4-byte key such as `NFT_CT_STATE`) into the first register.
-pub(crate) fn ct(out: &mut Vec<u8>, key: u32) {
-    expr(out, "ct", |d| {
-        push_u32_attr(d, NFTA_CT_DREG, NFT_REG_1);
-        push_u32_attr(d, NFTA_CT_KEY, key);
-    });
-}
-
-/// `reg & mask == 0`, on a host-endian 4-byte register (ct state and status bits).
-pub(crate) fn none_of(out: &mut Vec<u8>, mask: u32) {
-    expr(out, "bitwise", |d| {
-        push_u32_attr(d, NFTA_BITWISE_SREG, NFT_REG_1);
-        push_u32_attr(d, NFTA_BITWISE_DREG, NFT_REG_1);
-        push_u32_attr(d, NFTA_BITWISE_LEN, 4);
-        data_value(d, NFTA_BITWISE_MASK, &mask.to_ne_bytes());
-        data_value(d, NFTA_BITWISE_XOR, &[0; 4]);
-    });
-    cmp_eq(out, &[0; 4]);
 }
 
 /// iptables-nft counts every rule; `counter` without attributes starts at zero.

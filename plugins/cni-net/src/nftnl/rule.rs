@@ -13,7 +13,7 @@ pub(super) const NFTA_RULE_TABLE: u16 = 1;
 pub(super) const NFTA_RULE_CHAIN: u16 = 2;
 pub(super) const NFTA_RULE_HANDLE: u16 = 3;
 pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
-pub(super) const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_RULE_USERDATA: u16 = 7;
 pub(crate) const NFTA_LIST_ELEM: u16 = 1;
 pub(crate) const NFTA_EXPR_NAME: u16 = 1;
 pub(crate) const NFTA_EXPR_DATA: u16 = 2;
@@ -24,7 +24,7 @@ pub(crate) const NFTA_VERDICT_CODE: u16 = 1;
 pub(crate) const NFTA_VERDICT_CHAIN: u16 = 2;
 /// libnftnl's user-data TLV type for a rule comment (what `nft ... comment` and
 /// iptables-nft's `-m comment` store).
-pub(super) const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 pub(crate) const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
 

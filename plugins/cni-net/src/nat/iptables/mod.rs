@@ -228,7 +228,7 @@ impl NatDriver for Iptables {
         if let Some(nl) = nl {
             nftnl::close_at_exit(nl);
         }
-        if let Err(e) = guard::remove(network, container_id) {
+        if let Err(e) = guard::remove(network, container_id, hints.localnet) {
             errors.push(e);
         }
         if usable == 0 {

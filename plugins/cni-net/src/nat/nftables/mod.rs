@@ -130,7 +130,7 @@ impl NatDriver for Nftables {
         hints: &PortHints<'_>,
     ) -> Result<(), NatError> {
         let rules = unforward_rules(container_id, hints);
-        let guard = guard::remove(network, container_id);
+        let guard = guard::remove(network, container_id, hints.localnet);
         NatError::collect(rules.err().into_iter().chain(guard.err()).collect())
     }
 }

@@ -135,7 +135,7 @@ impl NatDriver for NftablesSets {
         let elements = hostport_unforward(network, container_id, hints.installed).map_err(|e| {
             e.context(|| format!("tear down port mappings (nftables-sets) for {container_id}"))
         });
-        let guard = guard::remove(network, container_id);
+        let guard = guard::remove(network, container_id, hints.localnet);
         NatError::collect(elements.err().into_iter().chain(guard.err()).collect())
     }
 }
