@@ -382,9 +382,7 @@ fn api_failures_leave_everything_in_place_and_the_agent_recovers() {
             // The agent says what RBAC it lacks once its next request meets the 403.
             let n1 = c.node("n1");
             assert!(
-                wait_for(REPAIR * 6, || n1
-                    .log()
-                    .contains("get, list and watch on nodes")),
+                wait_for(REPAIR * 6, || n1.log().contains("list and watch on nodes")),
                 "{what}: the RBAC hint:\n{}",
                 n1.log()
             );
