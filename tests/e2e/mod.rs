@@ -433,6 +433,25 @@ pub fn per_container_nat(dump: &str, cid: &str) -> Vec<String> {
         .collect()
 }
 
+/// `dump` without the `nft list ruleset` block of `table` (e.g. `ip cni_rs_localnet`).
+pub fn without_nft_table(dump: &str, table: &str) -> String {
+    let start = format!("table {table} {{");
+    let mut inside = false;
+    let mut out = String::new();
+    for line in dump.lines() {
+        if line == start {
+            inside = true;
+        } else if inside {
+            // The block ends with the first closing brace at the start of a line.
+            inside = line != "}";
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn is_masq_chain(token: &str) -> bool {
     token
         .strip_prefix("CNI-")
