@@ -19,8 +19,7 @@
 mod sim;
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use std::time::{Duration, Instant};
 use cni_tests::{Netns, PLUGINS, TempDir, bin_dir, random_u64, workspace_root};
 use kube_standin::{Control, NodeBuilder, StandinProcess};
 use serde_json::Value;
-use sim::{in_netns, wait_for};
+use sim::{http_get, wait_for};
 
 /// The reference `scripts/image.sh` gives the image by default.
 const IMAGE: &str = concat!("localhost/cni-rs-node:", env!("CARGO_PKG_VERSION"));
@@ -450,24 +449,8 @@ fn standin(node: &Netns, work: &TempDir) -> StandinProcess {
 
 /// GET on the agent's health port inside the node namespace: (status, body).
 fn get(node: &Netns, port: u16, path: &str) -> (u16, String) {
-    let path = path.to_owned();
-    in_netns(node.path(), move || {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut c =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut s = String::new();
-        c.read_to_string(&mut s).map_err(|e| e.to_string())?;
-        let code = s
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = s.split_once("\r\n\r\n").map(|x| x.1.to_owned());
-        Ok((code, body.unwrap_or_default()))
-    })
-    .unwrap_or((0, String::new()))
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    http_get(node.path(), addr, "x", path).unwrap_or((0, String::new()))
 }
 
 // ---- A private containerd ------------------------------------------------------------

@@ -13,8 +13,7 @@
 mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -616,19 +615,6 @@ fn discovery(path: &str) -> bool {
     .any(|p| path == *p || path.starts_with(&format!("{p}/")))
 }
 
-fn get(addr: SocketAddr, host: &str, path: &str) -> Result<u16, String> {
-    let mut c =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut s = String::new();
-    c.read_to_string(&mut s).map_err(|e| e.to_string())?;
-    s.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or(s)
-}
-
 #[test]
 fn the_cluster_role_grants_exactly_what_the_agent_asks_for() {
     let i = install();
@@ -657,7 +643,7 @@ fn the_cluster_role_grants_exactly_what_the_agent_asks_for() {
         assert_eq!(target, addr);
         let path = g.path.clone().unwrap();
         let ns = c.nodes[0].ns.path().to_owned();
-        let code = sim::in_netns(&ns, move || get(target, &host, &path));
+        let code = sim::http_get(&ns, target, &host, &path).map(|(code, _)| code);
         assert_eq!(code, Ok(200), "{:?} of node n1", g.path);
     }
 

@@ -237,27 +237,8 @@ impl SimNode {
 
     /// GET on the agent's health endpoint: (status code, body).
     pub fn http(&self, path: &str) -> (u16, String) {
-        let path = path.to_owned();
-        in_netns(self.ns.path(), move || {
-            let addr: SocketAddr = HEALTH.parse().unwrap();
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .map_err(|e| e.to_string())?;
-            c.set_read_timeout(Some(Duration::from_secs(5))).ok();
-            write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
-            let mut s = String::new();
-            c.read_to_string(&mut s).map_err(|e| e.to_string())?;
-            let code = s
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let body = s
-                .split_once("\r\n\r\n")
-                .map(|x| x.1.to_owned())
-                .unwrap_or_default();
-            Ok((code, body))
-        })
-        .unwrap_or((0, String::new()))
+        let addr: SocketAddr = HEALTH.parse().unwrap();
+        http_get(self.ns.path(), addr, "x", path).unwrap_or((0, String::new()))
     }
 
     pub fn ready(&self) -> bool {
@@ -271,6 +252,36 @@ impl SimNode {
         body.lines()
             .find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
     }
+}
+
+/// One HTTP/1.1 GET from inside the namespace at `ns` (the agent's health port, a
+/// probe as the kubelet sends it): the status code (0 when the answer has none) and
+/// the body.
+pub fn http_get(
+    ns: &Path,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let (host, path) = (host.to_owned(), path.to_owned());
+    in_netns(ns, move || {
+        let mut c =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut s = String::new();
+        c.read_to_string(&mut s).map_err(|e| e.to_string())?;
+        let code = s
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = s
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_owned())
+            .unwrap_or_default();
+        Ok((code, body))
+    })
 }
 
 /// Runs `f` on a thread that entered the namespace at `ns`.
