@@ -252,6 +252,22 @@ fn absolute(path: &Path) -> Result<PathBuf, InstallError> {
 /// Copies `src` to `dest` under a temporary name, synced and 0755, then renames it
 /// into place. A failure leaves `dest` as it was and no temporary behind.
 fn replace(src: &Path, dest: &Path) -> Result<(), InstallError> {
+    let mut input = File::open(src).map_err(io_err("open", src))?;
+    write_new(dest, 0o755, |out, tmp| {
+        io::copy(&mut input, out).map_err(io_err("copy to", tmp))?;
+        Ok(())
+    })
+}
+
+/// Writes `dest` whole or not at all: `fill` writes a new file under a temporary
+/// name (owner-only while it is incomplete: nobody executes or reads half a file),
+/// which then gets `mode`, is synced and renamed into place, and the directory is
+/// synced. A failure leaves `dest` as it was and no temporary behind.
+fn write_new(
+    dest: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File, &Path) -> Result<(), InstallError>,
+) -> Result<(), InstallError> {
     let tmp = TempFile::claim(temp_path(dest))?;
     let mut out = OpenOptions::new()
         .write(true)
@@ -259,9 +275,8 @@ fn replace(src: &Path, dest: &Path) -> Result<(), InstallError> {
         .mode(0o700)
         .open(&tmp.path)
         .map_err(io_err("create", &tmp.path))?;
-    let mut input = File::open(src).map_err(io_err("open", src))?;
-    io::copy(&mut input, &mut out).map_err(io_err("copy to", &tmp.path))?;
-    out.set_permissions(fs::Permissions::from_mode(0o755))
+    fill(&mut out, &tmp.path)?;
+    out.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err("chmod", &tmp.path))?;
     out.sync_all().map_err(io_err("sync", &tmp.path))?;
     drop(out);
@@ -348,18 +363,9 @@ fn write_manifest(path: &Path, old: Option<&str>, m: &Manifest) -> Result<(), In
     if old == Some(text.as_str()) || (old.is_none() && m.entries.is_empty()) {
         return Ok(());
     }
-    let tmp = TempFile::claim(temp_path(path))?;
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp.path)
-        .map_err(io_err("create", &tmp.path))?;
-    io::Write::write_all(&mut out, text.as_bytes()).map_err(io_err("write", &tmp.path))?;
-    out.sync_all().map_err(io_err("sync", &tmp.path))?;
-    drop(out);
-    tmp.rename_to(path)?;
-    sync_dir(path.parent().unwrap_or(Path::new("/")))
+    write_new(path, 0o644, |out, tmp| {
+        io::Write::write_all(out, text.as_bytes()).map_err(io_err("write", tmp))
+    })
 }
 
 /// Installs the plugins from `from` into `bin_dir`. Every source is checked before
